@@ -1,0 +1,61 @@
+"""The block registry: YAML module names -> classes. A new block is one file here plus one line below."""
+
+from __future__ import annotations
+
+from models.blocks.base import Block, BuildContext, make_divisible
+from models.blocks.common import C3, SPPF, Bottleneck, Concat, Conv, Upsample, make_activation
+from models.blocks.repvgg import RepVGGBlock
+from models.head import Detect
+
+BLOCKS: dict[str, type] = {
+    "Conv": Conv,
+    "Bottleneck": Bottleneck,
+    "C3": C3,
+    "SPPF": SPPF,
+    "Concat": Concat,
+    "Upsample": Upsample,
+    "RepVGGBlock": RepVGGBlock,
+    "Detect": Detect,
+}
+
+
+def fusable_blocks() -> dict[str, type]:
+    """Registered blocks that change under re-parameterization, each with example constructor kwargs.
+
+    A block qualifies when it defines `reparameterize` or provides `example_configs()` (composites such
+    as C3 whose children fuse). The fusion tests are parametrized over this.
+    """
+    return {
+        name: cls
+        for name, cls in BLOCKS.items()
+        if callable(getattr(cls, "reparameterize", None)) or _examples(cls)
+    }
+
+
+def _examples(cls: type) -> list[dict]:
+    examples = getattr(cls, "example_configs", None)
+    return examples() if callable(examples) else []
+
+
+def block_examples(name: str) -> list[dict]:
+    """Constructor kwargs (activation/deploy excluded) for testing block `name`."""
+    return _examples(BLOCKS[name])
+
+
+__all__ = [
+    "BLOCKS",
+    "Block",
+    "BuildContext",
+    "C3",
+    "SPPF",
+    "Bottleneck",
+    "Concat",
+    "Conv",
+    "Detect",
+    "RepVGGBlock",
+    "Upsample",
+    "block_examples",
+    "fusable_blocks",
+    "make_activation",
+    "make_divisible",
+]
