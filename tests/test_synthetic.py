@@ -1,0 +1,91 @@
+"""The bundled synthetic dataset: deterministic, valid labels, generated once, regenerated on change."""
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+
+from utils.dataset import LoadedDataset, load_data_config
+from utils.synthetic import CLASS_NAMES, MARKER, ensure_dataset, generate_dataset, render_image
+
+SMALL = dict(img_size=64, train_images=20, val_images=6, seed=3, min_object_size=8)
+
+
+def _contents(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def test_generation_is_deterministic(tmp_path):
+    generate_dataset(tmp_path / "a", **SMALL)
+    generate_dataset(tmp_path / "b", **SMALL)
+    a, b = _contents(tmp_path / "a"), _contents(tmp_path / "b")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    assert len(list((tmp_path / "a/images/train").glob("*.jpg"))) == 20
+
+
+def test_labels_are_valid_and_backgrounds_present(tmp_path):
+    generate_dataset(tmp_path, **dict(SMALL, train_images=40))
+    label_files = sorted((tmp_path / "labels/train").glob("*.txt"))
+    rows = [np.array(f.read_text().split(), dtype=float).reshape(-1, 5) for f in label_files]
+    assert sum(len(r) == 0 for r in rows) == 4  # exactly 10% backgrounds
+    labels = np.concatenate(rows)
+    assert set(labels[:, 0].astype(int)) <= set(range(len(CLASS_NAMES)))
+    assert (labels[:, 1:] >= 0).all() and (labels[:, 1:] <= 1).all()
+    x1, x2 = labels[:, 1] - labels[:, 3] / 2, labels[:, 1] + labels[:, 3] / 2
+    assert (x1 >= -1e-6).all() and (x2 <= 1 + 1e-6).all()  # objects lie inside the image
+    assert max(len(r) for r in rows) <= 6
+
+
+def test_render_image_sizes():
+    img, labels = render_image(np.random.default_rng(0), 96, 64, max_objects=6)
+    assert img.shape == (64, 96, 3) and img.dtype == np.uint8 and 1 <= len(labels) <= 6
+    img, labels = render_image(np.random.default_rng(0), 64, 64, background=True)
+    assert len(labels) == 0
+
+
+def test_ensure_dataset_generates_once_and_on_change(tmp_path):
+    root = ensure_dataset(tmp_path / "shapes", **SMALL)
+    marker_time = (root / MARKER).stat().st_mtime_ns
+    ensure_dataset(root, **SMALL)
+    assert (root / MARKER).stat().st_mtime_ns == marker_time  # complete: not regenerated
+    ensure_dataset(root, **dict(SMALL, train_images=10))
+    assert len(list((root / "images/train").glob("*.jpg"))) == 10
+    assert not list(tmp_path.glob(".shapes.*"))  # no temporary folders left behind
+
+
+def _ensure_in_process(root):
+    ensure_dataset(root, **SMALL)
+
+
+def test_ensure_dataset_in_parallel_processes(tmp_path):
+    root = tmp_path / "shapes"
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_ensure_in_process, args=(root,)) for _ in range(2)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in processes)
+    assert len(list((root / "images/train").glob("*.jpg"))) == 20 and not list(tmp_path.glob(".shapes.*"))
+
+
+def test_data_yaml_with_generate_block(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(
+        "path: gen\ntrain: images/train\nval: images/val\nnames: [circle, square, triangle, star, cross]\n"
+        "generate: {img_size: 64, train_images: 12, val_images: 4, min_object_size: 8}\n"
+        "defaults: {img_size: 64, epochs: 1}\n"
+    )
+    config = load_data_config(tmp_path / "tiny.yaml")
+    assert config["path"] == str(tmp_path / "gen") and config["defaults"]["epochs"] == 1
+    dataset = LoadedDataset(config["val"], img_size=64, nc=config["nc"])
+    assert len(dataset) == 4 and dataset.shapes.tolist() == [[64, 64]] * 4
+
+
+def test_bundled_config_points_at_data_shapes():
+    import yaml
+
+    from utils.paths import ROOT
+
+    raw = yaml.safe_load((ROOT / "data/shapes.yaml").read_text())
+    assert raw["path"] == "shapes" and raw["nc"] == len(CLASS_NAMES) == len(raw["names"])
+    assert {"img_size", "epochs", "batch_size", "hyp"} <= set(raw["defaults"])

@@ -1,0 +1,311 @@
+"""Image + box augmentation for detection: letterbox, 4-image mosaic, random affine/perspective, HSV,
+flips, mixup, and the filter that drops boxes that left the image.
+
+Images are uint8 (H, W, 3) BGR numpy arrays (as cv2 reads them). Labels are float arrays (n, 5) with
+rows (class, x1, y1, x2, y2) in pixels unless a function says normalized (class, cx, cy, w, h).
+Random functions take an ``np.random.Generator`` so each dataloader worker draws its own numbers.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114
+
+
+def letterbox(
+    img: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    color: tuple[int, int, int] = (PAD_VALUE, PAD_VALUE, PAD_VALUE),
+    auto: bool = False,
+    scaleup: bool = True,
+    stride: int = 32,
+) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+    """Resize keeping the aspect ratio, then pad evenly to new_shape (h, w).
+
+    auto=True pads only up to the next multiple of stride (minimum rectangle). scaleup=False never
+    enlarges. -> (image, (ratio_h, ratio_w), (pad_x, pad_y)); a point x maps to x * ratio_w + pad_x.
+    """
+    height, width = img.shape[:2]
+    target_h, target_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    ratio = min(target_h / height, target_w / width)
+    if not scaleup:
+        ratio = min(ratio, 1.0)
+    resized_w, resized_h = int(round(width * ratio)), int(round(height * ratio))
+    pad_w, pad_h = target_w - resized_w, target_h - resized_h
+    if auto:
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    if (resized_w, resized_h) != (width, height):
+        img = cv2.resize(img, (resized_w, resized_h), interpolation=cv2.INTER_LINEAR)
+    top, left = int(round(pad_h / 2 - 0.1)), int(round(pad_w / 2 - 0.1))
+    if pad_w or pad_h:
+        img = cv2.copyMakeBorder(img, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=color)
+    return img, (resized_h / height, resized_w / width), (float(left), float(top))
+
+
+def box_candidates(
+    before: np.ndarray,
+    after: np.ndarray,
+    min_size: float = 2,
+    max_aspect: float = 20,
+    min_area_ratio: float = 0.1,
+    eps: float = 1e-16,
+) -> np.ndarray:
+    """Which transformed boxes are still worth training on. before/after: (n, 4) xyxy -> bool (n,).
+
+    before is the box transformed but not clipped, after is the same box clipped to the image: keep a
+    box when both sides of after are > min_size px, it keeps > min_area_ratio of its area, and its
+    aspect ratio stays below max_aspect.
+    """
+    w0, h0 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w1, h1 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    aspect = np.maximum(w1 / (h1 + eps), h1 / (w1 + eps))
+    area_ratio = (w1 * h1) / (w0 * h0 + eps)
+    return (w1 > min_size) & (h1 > min_size) & (area_ratio > min_area_ratio) & (aspect < max_aspect)
+
+
+def clip_and_filter(labels: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Clip (n, 5) pixel labels to the image and drop those that mostly left it."""
+    clipped = labels.copy()
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, width)
+    clipped[:, [2, 4]] = clipped[:, [2, 4]].clip(0, height)
+    return clipped[box_candidates(labels[:, 1:5], clipped[:, 1:5])]
+
+
+def _affine_matrix(
+    rng: np.random.Generator,
+    in_shape: tuple[int, int],
+    out_shape: tuple[int, int],
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+    perspective: float,
+) -> np.ndarray:
+    """3x3 matrix: move the input center to the origin, perspective, rotate+scale, shear, then move
+    to a randomly translated output center."""
+    center = np.eye(3)
+    center[0, 2], center[1, 2] = -in_shape[1] / 2, -in_shape[0] / 2
+    persp = np.eye(3)
+    persp[2, 0], persp[2, 1] = rng.uniform(-perspective, perspective, size=2)
+    rotate = np.eye(3)
+    angle, gain = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    rotate[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=gain)
+    shear_m = np.eye(3)
+    shear_m[0, 1], shear_m[1, 0] = np.tan(np.deg2rad(rng.uniform(-shear, shear, size=2)))
+    move = np.eye(3)
+    move[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * out_shape[1]
+    move[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * out_shape[0]
+    return move @ shear_m @ rotate @ persp @ center
+
+
+def transform_boxes(boxes_xyxy: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Map (n, 4) xyxy boxes through a 3x3 matrix; the result is the xyxy box around the 4 mapped corners."""
+    n = len(boxes_xyxy)
+    corners = np.ones((n * 4, 3))
+    corners[:, :2] = boxes_xyxy[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(n * 4, 2)  # (n*4, xy1) per corner
+    mapped = corners @ matrix.T
+    mapped = mapped[:, :2] / mapped[:, 2:3]  # perspective divide (1 for affine)
+    mapped = mapped.reshape(n, 4, 2)  # (n, corners, xy)
+    return np.concatenate([mapped.min(1), mapped.max(1)], 1)
+
+
+def random_perspective(
+    img: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    degrees: float = 0,
+    translate: float = 0.1,
+    scale: float = 0.5,
+    shear: float = 0,
+    perspective: float = 0,
+    border: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random rotation, scale, shear, translation and perspective of image and (n, 5) pixel labels.
+
+    The output is the input size plus 2 * border (h, w) on each axis; a mosaic passes a negative border
+    to crop its 2s x 2s canvas to s x s. Boxes are transformed exactly (through their corners), clipped,
+    and filtered with box_candidates.
+    """
+    out_h, out_w = img.shape[0] + 2 * border[0], img.shape[1] + 2 * border[1]
+    matrix = _affine_matrix(rng, img.shape[:2], (out_h, out_w), degrees, translate, scale, shear, perspective)
+    return _warp(img, labels, matrix, matrix, (out_h, out_w))
+
+
+def _warp(img, labels, image_matrix, label_matrix, out_shape):
+    """Warp the image with image_matrix and the (n, 5) pixel labels with label_matrix into out_shape (h, w);
+    labels are then clipped and filtered. The matrices differ when img is a crop of the labels' frame."""
+    out_h, out_w = out_shape
+    fill = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
+    if image_matrix[2, 0] or image_matrix[2, 1]:  # perspective
+        img = cv2.warpPerspective(img, image_matrix, dsize=(out_w, out_h), borderValue=fill)
+    else:
+        img = cv2.warpAffine(img, image_matrix[:2], dsize=(out_w, out_h), borderValue=fill)
+    if len(labels):
+        moved = labels.copy()
+        moved[:, 1:5] = transform_boxes(labels[:, 1:5], label_matrix)
+        labels = clip_and_filter(moved, out_w, out_h)
+    return img, labels
+
+
+def augment_hsv(
+    img: np.ndarray, rng: np.random.Generator, hgain: float = 0.5, sgain: float = 0.5, vgain: float = 0.5
+):
+    """Random hue/saturation/value gains on a BGR image, in place (three lookup tables, no per-pixel math)."""
+    if not (hgain or sgain or vgain):
+        return
+    gains = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_BGR2HSV))
+    x = np.arange(256, dtype=np.float32)
+    lut_hue = ((x * gains[0]) % 180).astype(np.uint8)
+    lut_sat = np.clip(x * gains[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * gains[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=img)
+
+
+def fliplr(img: np.ndarray, labels_normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left-right flip of an image and its (n, 5) normalized (class, cx, cy, w, h) labels."""
+    labels_normalized = labels_normalized.copy()
+    labels_normalized[:, 1] = 1 - labels_normalized[:, 1]
+    return np.fliplr(img), labels_normalized
+
+
+def flipud(img: np.ndarray, labels_normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Up-down flip of an image and its (n, 5) normalized (class, cx, cy, w, h) labels."""
+    labels_normalized = labels_normalized.copy()
+    labels_normalized[:, 2] = 1 - labels_normalized[:, 2]
+    return np.flipud(img), labels_normalized
+
+
+def _mosaic_placements(center: tuple[int, int], shapes_hw: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(left, top) of each of the 4 images on the canvas: image 0 ends at the center from the top-left,
+    1 from the top-right, 2 from the bottom-left, 3 from the bottom-right (positions may be < 0)."""
+    center_x, center_y = center
+    return [
+        (center_x - w if k in (0, 2) else center_x, center_y - h if k in (0, 1) else center_y)
+        for k, (h, w) in enumerate(shapes_hw)
+    ]
+
+
+def _paste_pieces(canvas, origin, placements, pieces, canvas_size):
+    """Copy each (image, labels) piece onto canvas (whose top-left is at `origin` of the full 2s canvas),
+    cut by the full canvas edges. Pieces that are None are skipped. -> labels moved to canvas coords."""
+    all_labels = []
+    for (left, top), piece in zip(placements, pieces):
+        if piece is None:
+            continue
+        img, labels = piece
+        h, w = img.shape[:2]
+        x1, y1 = max(left, origin[0], 0), max(top, origin[1], 0)
+        x2 = min(left + w, origin[0] + canvas.shape[1], canvas_size)
+        y2 = min(top + h, origin[1] + canvas.shape[0], canvas_size)
+        if x2 > x1 and y2 > y1:
+            canvas[y1 - origin[1] : y2 - origin[1], x1 - origin[0] : x2 - origin[0]] = img[
+                y1 - top : y2 - top, x1 - left : x2 - left
+            ]
+        if len(labels):
+            moved = labels.copy()
+            moved[:, [1, 3]] += left
+            moved[:, [2, 4]] += top
+            all_labels.append(moved)
+    labels = np.concatenate(all_labels, 0) if all_labels else np.zeros((0, 5))
+    return clip_and_filter(labels, canvas_size, canvas_size) if len(labels) else labels
+
+
+def mosaic(
+    pieces: list[tuple[np.ndarray, np.ndarray]], size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tile 4 (image, (n, 5) pixel labels) pairs around a random center of a 2*size square canvas.
+
+    Each image is cut by the canvas edges only. -> (canvas (2s, 2s, 3), labels clipped to the canvas
+    and filtered). random_perspective(border=(-s // 2, -s // 2)) then gives s x s; random_mosaic does
+    both at once, faster.
+    """
+    center = tuple(int(v) for v in rng.uniform(size / 2, 1.5 * size, size=2))
+    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, dtype=np.uint8)
+    placements = _mosaic_placements(center, [img.shape[:2] for img, _ in pieces])
+    return canvas, _paste_pieces(canvas, (0, 0), placements, pieces, 2 * size)
+
+
+def random_mosaic(
+    load_piece,
+    shapes_hw: list[tuple[int, int]],
+    size: int,
+    rng: np.random.Generator,
+    degrees: float = 0,
+    translate: float = 0.1,
+    scale: float = 0.5,
+    shear: float = 0,
+    perspective: float = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """mosaic followed by random_perspective to size x size, without the waste: only the part of the
+    2s x 2s canvas that the transform brings into view is built, and images entirely out of view are
+    never loaded. load_piece(k) -> (image of shape shapes_hw[k], (n, 5) pixel labels).
+
+    Draws the same random numbers in the same order as mosaic + random_perspective, so both give the
+    same result. -> (image (size, size, 3), labels (n, 5) pixel xyxy).
+    """
+    canvas_size = 2 * size
+    center = tuple(int(v) for v in rng.uniform(size / 2, 1.5 * size, size=2))
+    matrix = _affine_matrix(
+        rng, (canvas_size, canvas_size), (size, size), degrees, translate, scale, shear, perspective
+    )
+    # the canvas region seen by the output: the output corners mapped back, plus a margin for interpolation
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
+    back = corners @ np.linalg.inv(matrix).T
+    back = back[:, :2] / back[:, 2:3]
+    x1, y1 = np.clip(np.floor(back.min(0)) - 2, 0, canvas_size).astype(int)
+    x2, y2 = np.clip(np.ceil(back.max(0)) + 2, 0, canvas_size).astype(int)
+    placements = _mosaic_placements(center, shapes_hw)
+    pieces = []
+    for k, ((left, top), (h, w)) in enumerate(zip(placements, shapes_hw)):
+        in_view = left < x2 and left + w > x1 and top < y2 and top + h > y1
+        pieces.append(load_piece(k) if in_view else None)
+    canvas = np.full((max(y2 - y1, 1), max(x2 - x1, 1), 3), PAD_VALUE, dtype=np.uint8)
+    labels = _paste_pieces(canvas, (x1, y1), placements, pieces, canvas_size)
+    shift = np.eye(3)
+    shift[0, 2], shift[1, 2] = x1, y1  # canvas crop pixel -> full canvas pixel
+    return _warp(canvas, labels, matrix @ shift, matrix, (size, size))
+
+
+def mixup(
+    img: np.ndarray,
+    labels: np.ndarray,
+    other_img: np.ndarray,
+    other_labels: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blend two same-size images with a Beta(32, 32) ratio and keep the labels of both."""
+    ratio = rng.beta(32.0, 32.0)
+    blended = cv2.addWeighted(img, ratio, other_img, 1 - ratio, 0)
+    return blended, np.concatenate([labels, other_labels], 0)
+
+
+def augment_colors_and_flips(
+    img: np.ndarray, labels_normalized: np.ndarray, rng: np.random.Generator, hyp
+) -> tuple[np.ndarray, np.ndarray]:
+    """The photometric and flip steps of training augmentation, controlled by a Hyp."""
+    augment_hsv(img, rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
+    if rng.random() < hyp.flipud:
+        img, labels_normalized = flipud(img, labels_normalized)
+    if rng.random() < hyp.fliplr:
+        img, labels_normalized = fliplr(img, labels_normalized)
+    return img, labels_normalized
+
+
+def fit_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after resizing so the long side is `size`, aspect kept (what resize_to_fit returns)."""
+    ratio = size / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def resize_to_fit(img: np.ndarray, size: int, augment: bool) -> np.ndarray:
+    """Resize so the long side is `size` (aspect kept). Shrinking without augmentation uses INTER_AREA."""
+    height, width = img.shape[:2]
+    new_h, new_w = fit_shape(height, width, size)
+    if (new_h, new_w) == (height, width):
+        return img
+    interpolation = cv2.INTER_LINEAR if (augment or new_w > width) else cv2.INTER_AREA
+    return cv2.resize(img, (new_w, new_h), interpolation=interpolation)

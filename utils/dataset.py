@@ -1,0 +1,418 @@
+"""Datasets in yolov5's format: data YAML loading, image lists, the detection Dataset and its DataLoader.
+
+A data YAML has ``path`` (optional root), ``train``/``val``/``test`` (each a folder of images, a .txt
+list of image paths, or a list of either), ``nc`` and ``names`` (a list, or a dict {index: name}).
+Labels are YOLO txt files found with label_file_for (``/images/`` -> ``/labels/``); an image with no
+label file or an empty one is a background image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from utils import augment
+from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
+from utils.hyp import Hyp
+from utils.label_scan import check_classes, label_file_for, scan_files, summarize
+from utils.paths import ROOT
+
+LOGGER = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+BUNDLED_DATA = ROOT / "data" / "shapes.yaml"
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LoadedDataset",
+    "collate",
+    "create_dataloader",
+    "image_files_from_sources",
+    "label_file_for",
+    "load_data_config",
+]
+
+
+def _resolve_root(data: dict, yaml_file: Path) -> Path:
+    """A relative ``path`` is tried next to the YAML, then from the repository root (yolov5's habit)."""
+    if not data.get("path"):
+        return yaml_file.parent
+    root = Path(data["path"]).expanduser()
+    if root.is_absolute():
+        return root
+    if "generate" in data:  # a generated dataset lives next to its YAML
+        return (yaml_file.parent / root).resolve()
+    for base in (yaml_file.parent, ROOT, Path.cwd()):
+        if (base / root).exists():
+            return (base / root).resolve()
+    return (ROOT / root).resolve()
+
+
+def _split_sources(value: Any, root: Path) -> list[str] | None:
+    if value is None:
+        return None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [
+        str(p if (p := Path(str(v)).expanduser()).is_absolute() else (root / p).resolve()) for v in values
+    ]
+
+
+def _class_names(data: dict, yaml_file: Path) -> tuple[int, list[str]]:
+    names = data.get("names")
+    if isinstance(names, dict):
+        names = [str(names[k]) for k in sorted(names, key=int)]
+    nc = data.get("nc", len(names) if names else None)
+    if nc is None:
+        raise ValueError(
+            f"{yaml_file}: neither 'nc' nor 'names' is given; add 'names: [...]' to the data YAML."
+        )
+    names = [str(n) for n in names] if names else [f"class{i}" for i in range(int(nc))]
+    if len(names) != int(nc):
+        raise ValueError(f"{yaml_file}: nc is {nc} but {len(names)} names are listed; make them agree.")
+    return int(nc), names
+
+
+def load_data_config(path: str | Path | None = None) -> dict:
+    """Load a data YAML; None means the bundled synthetic dataset (generated under data/shapes/ on first use).
+
+    A bare name that does not exist is looked up in data/. -> dict with "path", "train", "val", "test"
+    (absolute list[str] or None), "nc", "names" (list[str]), "yaml_file", plus any other YAML keys.
+    """
+    yaml_file = Path(path) if path is not None else BUNDLED_DATA
+    if not yaml_file.exists() and (ROOT / "data" / yaml_file.name).exists():
+        yaml_file = ROOT / "data" / yaml_file.name
+    if not yaml_file.is_file():
+        raise FileNotFoundError(
+            f"Data file {yaml_file} does not exist; pass a dataset YAML such as data/coco.yaml."
+        )
+    yaml_file = yaml_file.resolve()
+    try:
+        with open(yaml_file) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{yaml_file} is not valid YAML ({error}); fix the syntax.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{yaml_file} must be a mapping with train/val/nc/names keys; see data/coco.yaml.")
+    root = _resolve_root(data, yaml_file)
+    if "generate" in data:  # the bundled synthetic dataset: create it on first use
+        from utils.synthetic import ensure_dataset
+
+        ensure_dataset(root, **data["generate"])
+    nc, names = _class_names(data, yaml_file)
+    for key in ("train", "val"):
+        if data.get(key) is None:
+            raise ValueError(f"{yaml_file}: the '{key}' key is missing; add the {key} image folder or list.")
+    config = dict(data)
+    config.update(
+        path=str(root),
+        train=_split_sources(data.get("train"), root),
+        val=_split_sources(data.get("val"), root),
+        test=_split_sources(data.get("test"), root),
+        nc=nc,
+        names=names,
+        yaml_file=str(yaml_file),
+    )
+    return config
+
+
+def image_files_from_sources(sources: str | Path | list) -> list[str]:
+    """Image files from folders (searched recursively), .txt lists (one path per line, relative to the
+    list's folder) and single image files. -> sorted absolute paths, duplicates removed."""
+    files: list[str] = []
+    for source in sources if isinstance(sources, (list, tuple)) else [sources]:
+        source = Path(source).expanduser()
+        if source.is_dir():
+            files += [str(p.resolve()) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif source.is_file() and source.suffix.lower() == ".txt":
+            lines = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+            files += [
+                str((source.parent / line).resolve())
+                for line in lines
+                if Path(line).suffix.lower() in IMAGE_SUFFIXES
+            ]
+        elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(str(source.resolve()))
+        else:
+            raise FileNotFoundError(
+                f"{source} is not an image folder, a .txt list of images or an image; "
+                "fix the path in the data YAML (or download the dataset first)."
+            )
+    return sorted(set(files))
+
+
+class LoadedDataset(Dataset):
+    """Detection dataset. Item: (uint8 Tensor[3, H, W] RGB, Tensor[n, 6] (0, class, cx, cy, w, h) normalized,
+    path, ((h0, w0), ((ratio_h, ratio_w), (pad_x, pad_y))))."""
+
+    def __init__(
+        self,
+        sources: str | Path | list,
+        img_size: int = 640,
+        batch_size: int = 16,
+        stride: int = 32,
+        hyp: Hyp | None = None,
+        augment: bool = False,
+        rect: bool = False,
+        pad: float = 0.0,
+        cache: str | None = None,
+        prefix: str = "",
+        nc: int | None = None,
+        seed: int = 0,
+        verbose: bool = True,
+    ):
+        self.img_size, self.stride, self.augment, self.rect = img_size, stride, augment, rect
+        self.hyp = hyp or Hyp()
+        self.use_mosaic = augment and not rect and self.hyp.mosaic > 0
+        self.rng = np.random.default_rng(seed)
+        files = image_files_from_sources(sources)
+        if not files:
+            raise ValueError(
+                f"{prefix}no images ({', '.join(IMAGE_SUFFIXES)}) found in {sources}; fix the data paths."
+            )
+        entries, cache_file = scan_files(files)
+        check_classes(entries, nc)
+        summarize(entries, prefix, cache_file, verbose)
+        usable = [e for e in entries if not e["error"]]
+        if not usable:
+            raise ValueError(
+                f"{prefix}no usable images in {sources} (all {len(entries)} are corrupt, see the warnings "
+                "above); fix or remove those files."
+            )
+        self.image_files = [e["image"] for e in usable]
+        self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]
+        self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64)  # (N, 2) original (w, h)
+        self.nc = (
+            nc
+            if nc is not None
+            else int(max((lb[:, 0].max() for lb in self.labels if len(lb)), default=-1)) + 1
+        )
+        if rect:
+            self._init_rect_batches(batch_size, pad)
+        self.images: list[np.ndarray | None] = [None] * len(self.image_files)
+        if cache == "ram":
+            self._cache_images(prefix, verbose)
+        elif cache not in (None, "", False):
+            raise ValueError(f"cache={cache!r} is not supported; use 'ram' or leave it off.")
+
+    def _init_rect_batches(self, batch_size: int, pad: float) -> None:
+        """Sort by aspect ratio; each batch gets the smallest stride-multiple shape holding its images."""
+        aspect = self.shapes[:, 1] / self.shapes[:, 0]  # h / w
+        order = aspect.argsort()
+        self.image_files = [self.image_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, aspect = self.shapes[order], aspect[order]
+        self.batch_index = np.arange(len(order)) // batch_size
+        shapes = []
+        for b in range(self.batch_index[-1] + 1):
+            group = aspect[self.batch_index == b]
+            if group.max() < 1:
+                shapes.append([group.max(), 1.0])  # all wide: height is the fraction
+            elif group.min() > 1:
+                shapes.append([1.0, 1.0 / group.min()])  # all tall
+            else:
+                shapes.append([1.0, 1.0])
+        self.batch_shapes = (
+            np.ceil(np.array(shapes) * self.img_size / self.stride + pad) * self.stride
+        ).astype(int)
+
+    def _cache_images(self, prefix: str, verbose: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for i, (img, _, _) in enumerate(pool.map(self._read_resized, range(len(self.image_files)))):
+                self.images[i] = img
+        if verbose:
+            gb = sum(img.nbytes for img in self.images) / 1e9
+            LOGGER.info(f"{prefix}cached {len(self.images)} images in RAM ({gb:.2f} GB)")
+
+    def __len__(self) -> int:
+        return len(self.image_files)
+
+    def _read_resized(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        path = self.image_files[index]
+        img = cv2.imread(path)
+        if img is None:
+            raise FileNotFoundError(
+                f"{path} could not be read although the scan accepted it; check the file."
+            )
+        h0, w0 = img.shape[:2]
+        img = augment.resize_to_fit(img, self.img_size, self.augment)
+        return img, (h0, w0), img.shape[:2]
+
+    def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """-> (BGR image with its long side = img_size, original (h0, w0), resized (h, w))."""
+        if self.images[index] is not None:
+            img = self.images[index]
+            w0, h0 = self.shapes[index]
+            return img, (int(h0), int(w0)), img.shape[:2]
+        return self._read_resized(index)
+
+    def _pixel_labels(self, index: int, width: float, height: float, pad_x: float = 0, pad_y: float = 0):
+        """Labels for the image resized to (width, height) plus pad: (n, 5) class, x1, y1, x2, y2 pixels."""
+        labels = self.labels[index].astype(np.float64)
+        if len(labels):
+            labels[:, 1:] = box_normxywh_to_xyxy(labels[:, 1:], width, height, pad_x, pad_y)
+        return labels
+
+    def _load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """A 4-image mosaic (this image + 3 random ones), randomly transformed to img_size square."""
+        indices = [index, *(int(i) for i in self.rng.integers(0, len(self), size=3))]
+
+        def load_piece(k: int) -> tuple[np.ndarray, np.ndarray]:
+            img, _, (h, w) = self.load_image(indices[k])
+            return img, self._pixel_labels(indices[k], w, h)
+
+        shapes_hw = [self._resized_hw(i) for i in indices]
+        hyp = self.hyp
+        return augment.random_mosaic(
+            load_piece,
+            shapes_hw,
+            self.img_size,
+            self.rng,
+            hyp.degrees,
+            hyp.translate,
+            hyp.scale,
+            hyp.shear,
+            hyp.perspective,
+        )
+
+    def _resized_hw(self, index: int) -> tuple[int, int]:
+        """(h, w) that load_image will return, known without reading the image."""
+        w0, h0 = (int(v) for v in self.shapes[index])
+        return augment.fit_shape(h0, w0, self.img_size)
+
+    def _random_perspective(self, img, labels, border=(0, 0)):
+        hyp = self.hyp
+        return augment.random_perspective(
+            img, labels, self.rng, hyp.degrees, hyp.translate, hyp.scale, hyp.shear, hyp.perspective, border
+        )
+
+    def _load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+        img, (h0, w0), (h, w) = self.load_image(index)
+        shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.img_size
+        img, (ratio_h, ratio_w), (pad_x, pad_y) = augment.letterbox(
+            img, shape, auto=False, scaleup=self.augment
+        )
+        labels = self._pixel_labels(index, w * ratio_w, h * ratio_h, pad_x, pad_y)
+        shapes = ((h0, w0), ((h * ratio_h / h0, w * ratio_w / w0), (pad_x, pad_y)))
+        if self.augment:
+            img, labels = self._random_perspective(img, labels)
+        return img, labels, shapes
+
+    def __getitem__(self, index: int):
+        hyp = self.hyp
+        if self.use_mosaic and self.rng.random() < hyp.mosaic:
+            img, labels = self._load_mosaic(index)
+            if self.rng.random() < hyp.mixup:
+                other_img, other_labels = self._load_mosaic(int(self.rng.integers(0, len(self))))
+                img, labels = augment.mixup(img, labels, other_img, other_labels, self.rng)
+            w0, h0 = self.shapes[index]
+            shapes = ((int(h0), int(w0)), ((1.0, 1.0), (0.0, 0.0)))  # mosaics do not map back to one original
+        else:
+            img, labels, shapes = self._load_letterboxed(index)
+        height, width = img.shape[:2]
+        labels_normalized = labels.copy()
+        if len(labels):
+            labels_normalized[:, 1:] = box_xyxy_to_normxywh(labels[:, 1:5], width, height)
+        if self.augment:
+            img, labels_normalized = augment.augment_colors_and_flips(img, labels_normalized, self.rng, hyp)
+        targets = torch.zeros((len(labels_normalized), 6))
+        if len(labels_normalized):
+            targets[:, 1:] = torch.from_numpy(labels_normalized)
+        chw_rgb = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # (3, H, W) BGR -> RGB
+        return torch.from_numpy(chw_rgb), targets, self.image_files[index], shapes
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
+    """-> (uint8 images (B, 3, H, W), targets (M, 6) [index in batch, class, cx, cy, w, h], paths, shapes).
+
+    Images of different sizes (rect batches split by a DistributedSampler) are padded at the bottom and
+    right to the largest, and their normalized targets rescaled to the padded size.
+    """
+    images, targets, paths, shapes = zip(*batch)
+    height = max(img.shape[1] for img in images)
+    width = max(img.shape[2] for img in images)
+    padded = []
+    for i, (img, target) in enumerate(zip(images, targets)):
+        target[:, 0] = i
+        if img.shape[1:] != (height, width):
+            scale_x, scale_y = img.shape[2] / width, img.shape[1] / height
+            target[:, [2, 4]] *= scale_x
+            target[:, [3, 5]] *= scale_y
+            canvas = torch.full((3, height, width), augment.PAD_VALUE, dtype=img.dtype)
+            canvas[:, : img.shape[1], : img.shape[2]] = img
+            img = canvas
+        padded.append(img)
+    return torch.stack(padded), torch.cat(targets, 0), list(paths), list(shapes)
+
+
+def _worker_init(worker_id: int) -> None:
+    cv2.setNumThreads(0)  # workers are the parallelism; cv2's own threads would oversubscribe the cores
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(info.seed % 2**63)
+
+
+def create_dataloader(
+    sources: str | Path | list,
+    img_size: int,
+    batch_size: int,
+    stride: int = 32,
+    hyp: Hyp | None = None,
+    augment: bool = False,
+    rect: bool = False,
+    pad: float = 0.5,
+    workers: int = 2,
+    shuffle: bool = False,
+    cache: str | None = None,
+    rank: int = -1,
+    seed: int = 0,
+    prefix: str = "",
+    nc: int | None = None,
+) -> tuple[DataLoader, LoadedDataset]:
+    """Build the dataset and its DataLoader (one batch: see collate). Under DDP (rank >= 0) a
+    DistributedSampler splits the data; call loader.sampler.set_epoch(epoch) each epoch."""
+    if rect and shuffle:
+        LOGGER.warning(f"{prefix}rect batches need a fixed order; shuffle turned off.")
+        shuffle = False
+    dataset = LoadedDataset(
+        sources,
+        img_size,
+        batch_size,
+        stride,
+        hyp,
+        augment,
+        rect,
+        pad,
+        cache,
+        prefix,
+        nc,
+        seed,
+        rank in (-1, 0),
+    )
+    batch_size = min(batch_size, len(dataset))
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if rank >= 0 else 1
+    workers = max(0, min(workers, (os.cpu_count() or 1) // world_size, math.ceil(len(dataset) / batch_size)))
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank >= 0 else None
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1000 + max(rank, 0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=collate,
+        worker_init_fn=_worker_init,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+    return loader, dataset

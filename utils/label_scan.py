@@ -1,0 +1,197 @@
+"""Check every image and label file of a dataset once, report what is wrong, and cache the result.
+
+Each image is checked (readable, not truncated, at least 10 px) and its YOLO label file parsed (five
+values per row, coordinates in [0, 1], no duplicate rows). The result is cached as JSON next to the
+labels (e.g. ``labels/train.cache.json``), keyed by a hash of every file's path, size and mtime, so it is
+rebuilt whenever a file changes. Class ids are checked against nc after loading, so one cache serves
+any nc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+LOGGER = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+MIN_IMAGE_SIZE = 10
+COORD_EPS = 1e-3  # tolerated rounding outside [0, 1]
+_ROTATED_EXIF = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_EXIF_ORIENTATION = 0x0112
+
+
+def label_file_for(image_path: str | Path) -> str:
+    """The YOLO label file of an image: the last '/images/' in the path becomes '/labels/', suffix .txt."""
+    path = str(image_path)
+    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if images in path:
+        head, tail = path.rsplit(images, 1)
+        path = head + labels + tail
+    return str(Path(path).with_suffix(".txt"))
+
+
+def _check_image(image_file: str) -> tuple[list[int] | None, str]:
+    """-> ([width, height] as displayed, "") or (None, reason)."""
+    try:
+        with open(image_file, "rb") as f:
+            if f.read(2) == b"\xff\xd8":  # a JPEG must end with the end-of-image marker
+                f.seek(-2, os.SEEK_END)
+                if f.read() != b"\xff\xd9":
+                    return None, "truncated JPEG (no end-of-image marker); re-save or remove it"
+        with Image.open(image_file) as img:
+            img.verify()  # checks the data without decoding; only size and format are usable afterwards
+            (width, height), image_format = img.size, img.format
+        orientation = None
+        if image_format in ("JPEG", "MPO", "TIFF", "WEBP"):  # formats that carry an EXIF orientation
+            with Image.open(image_file) as img:
+                orientation = img.getexif().get(_EXIF_ORIENTATION)
+    except Exception as error:  # PIL raises many types for broken files
+        return None, f"unreadable image ({type(error).__name__}: {error})"
+    if orientation in _ROTATED_EXIF:
+        width, height = height, width
+    if min(width, height) < MIN_IMAGE_SIZE:
+        return None, f"image is only {width}x{height} px (minimum {MIN_IMAGE_SIZE})"
+    return [width, height], ""
+
+
+def _parse_labels(label_file: str) -> tuple[list[list[float]], str, str]:
+    """-> (rows, error, note). error makes the image unusable; note is a warning (duplicates removed)."""
+    if not os.path.isfile(label_file):
+        return [], "", ""
+    try:
+        with open(label_file) as f:
+            lines = [line.split() for line in f.read().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        return [], f"unreadable label file ({error})", ""
+    for number, row in enumerate(lines, 1):
+        if len(row) != 5:
+            return [], f"label row {number} has {len(row)} values, expected 5 (class cx cy w h)", ""
+    try:
+        labels = np.array(lines, dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        return [], "label file has a non-numeric value", ""
+    if not len(labels):
+        return [], "", ""
+    classes, coords = labels[:, 0], labels[:, 1:]
+    bad = np.nonzero((classes < 0) | (classes != np.round(classes)))[0]
+    if len(bad):
+        return [], f"label row {bad[0] + 1} has class id {lines[bad[0]][0]}, expected an integer >= 0", ""
+    bad = np.nonzero(((coords < -COORD_EPS) | (coords > 1 + COORD_EPS)).any(1))[0]
+    if len(bad):
+        return [], f"label row {bad[0] + 1} has coordinates outside [0, 1] (labels must be normalized)", ""
+    bad = np.nonzero((coords[:, 2:] <= 0).any(1))[0]
+    if len(bad):
+        return [], f"label row {bad[0] + 1} has a box of zero width or height", ""
+    labels[:, 1:] = coords.clip(0, 1)
+    unique, first = np.unique(labels, axis=0, return_index=True)
+    note = ""
+    if len(unique) < len(labels):
+        note = f"{len(labels) - len(unique)} duplicate label row(s) removed"
+        labels = labels[np.sort(first)]
+    return labels.tolist(), "", note
+
+
+def _check_pair(image_file: str) -> dict:
+    shape, error = _check_image(image_file)
+    labels, note = [], ""
+    if not error:
+        labels, error, note = _parse_labels(label_file_for(image_file))
+    return {"image": image_file, "shape": shape, "labels": labels, "error": error, "note": note}
+
+
+def files_hash(image_files: list[str]) -> str:
+    """Hash of every image and label file's path, size and modification time."""
+    digest = hashlib.sha256()
+    for image_file in image_files:
+        for path in (image_file, label_file_for(image_file)):
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def cache_file_for(image_files: list[str]) -> Path:
+    """labels/train.cache.json for images under images/train/ (apart from yolov5's labels/train.cache)."""
+    return Path(label_file_for(image_files[0])).parent.with_suffix(".cache.json")
+
+
+def _read_cache(cache_file: Path, wanted_hash: str) -> list[dict] | None:
+    try:
+        with open(cache_file) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if cache.get("version") != CACHE_VERSION or cache.get("hash") != wanted_hash:
+        return None
+    return cache.get("entries")
+
+
+def _write_cache(cache_file: Path, file_hash: str, entries: list[dict]) -> None:
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"version": CACHE_VERSION, "hash": file_hash, "entries": entries}, f)
+        os.replace(tmp, cache_file)
+    except OSError as error:
+        LOGGER.warning(
+            f"Could not write the label cache {cache_file} ({error}); labels will be scanned again next time."
+        )
+        tmp.unlink(missing_ok=True)
+
+
+def scan_files(image_files: list[str], use_cache: bool = True) -> tuple[list[dict], Path | None]:
+    """Check every image and its label file, through the cache. -> (entries, cache file if read)."""
+    cache_file = cache_file_for(image_files)
+    file_hash = files_hash(image_files)
+    if use_cache:
+        entries = _read_cache(cache_file, file_hash)
+        if entries is not None and [e["image"] for e in entries] == image_files:
+            return entries, cache_file
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        entries = list(pool.map(_check_pair, image_files, chunksize=64))
+    if use_cache:
+        _write_cache(cache_file, file_hash, entries)
+    return entries, None
+
+
+def check_classes(entries: list[dict], nc: int | None) -> None:
+    """Mark entries with a class id >= nc as corrupt (in place)."""
+    if nc is None:
+        return
+    for entry in entries:
+        if entry["error"] or not entry["labels"]:
+            continue
+        classes = [int(row[0]) for row in entry["labels"]]
+        if max(classes) >= nc:
+            row = int(np.argmax(classes)) + 1
+            entry["error"] = f"label row {row} has class id {max(classes)} but the data YAML says nc={nc}"
+
+
+def summarize(entries: list[dict], prefix: str, cache_file: Path | None, verbose: bool = True) -> None:
+    """One warning per bad file, then one summary line."""
+    corrupt = backgrounds = 0
+    for entry in entries:
+        if entry["error"]:
+            corrupt += 1
+            if verbose:
+                LOGGER.warning(f"{prefix}skipping {entry['image']}: {entry['error']}.")
+            continue
+        if entry["note"] and verbose:
+            LOGGER.warning(f"{prefix}{label_file_for(entry['image'])}: {entry['note']}.")
+        backgrounds += not entry["labels"]
+    if verbose:
+        source = f" (labels cached in {cache_file})" if cache_file else ""
+        advice = " (see warnings)" if corrupt else ""
+        LOGGER.info(
+            f"{prefix}{len(entries)} images, {backgrounds} backgrounds, {corrupt} corrupt{advice}{source}"
+        )

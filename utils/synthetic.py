@@ -1,0 +1,272 @@
+"""The bundled synthetic detection dataset ("shapes"): a seeded generator of small images of colored shapes.
+
+Five classes differ in both shape and color (red circle, green square, blue triangle, yellow star,
+magenta cross), from ~12 px to half the image, 1-6 per image with limited overlap, on textured noisy
+backgrounds with distractor lines and blobs; about 10% of the images are backgrounds (empty label file).
+Layout written under ``root``: ``images/{train,val}/*.jpg`` and ``labels/{train,val}/*.txt`` (YOLO rows
+``class cx cy w h``, normalized). Every image has its own seeded generator, so the output is identical
+on every machine and for every run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+LOGGER = logging.getLogger(__name__)
+
+CLASS_NAMES = ["circle", "square", "triangle", "star", "cross"]
+# Base colors in BGR; each object jitters its color around the base.
+CLASS_COLORS = [(40, 40, 220), (50, 190, 40), (220, 90, 30), (30, 220, 230), (200, 40, 200)]
+SPLITS = ("train", "val")
+MARKER = (
+    "generated.json"  # written last: its presence (with matching parameters) means the dataset is complete
+)
+_SUBPIXEL_BITS = 4  # cv2.fillPoly fixed-point shift, for sub-pixel accurate edges
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A muted two-color gradient with low-frequency texture and pixel noise. -> uint8 (H, W, 3) BGR."""
+    color_a, color_b = rng.uniform(40, 200, size=(2, 3))
+    color_a = color_a * 0.6 + color_a.mean() * 0.4  # desaturate so class colors stand out
+    color_b = color_b * 0.6 + color_b.mean() * 0.4
+    angle = rng.uniform(0, 2 * math.pi)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    t = (xs * math.cos(angle) + ys * math.sin(angle)) / max(height, width)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
+    image = color_a[None, None, :] * (1 - t[..., None]) + color_b[None, None, :] * t[..., None]
+    texture = rng.normal(0, 18, size=(max(height // 16, 2), max(width // 16, 2), 1)).astype(np.float32)
+    image += cv2.resize(texture, (width, height), interpolation=cv2.INTER_CUBIC)[..., None]
+    return image.astype(np.float32)
+
+
+def _distractors(rng: np.random.Generator, image: np.ndarray) -> None:
+    """Draw blobs of muted colors and thin lines of any color, in place."""
+    height, width = image.shape[:2]
+    for _ in range(rng.integers(0, 4)):
+        color = rng.uniform(60, 190, size=3)
+        color = color * 0.4 + color.mean() * 0.6
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        axes = (int(rng.integers(4, width // 4)), int(rng.integers(4, height // 4)))
+        cv2.ellipse(image, center, axes, float(rng.uniform(0, 180)), 0, 360, color.tolist(), -1, cv2.LINE_AA)
+    for _ in range(rng.integers(0, 5)):
+        points = rng.integers(0, [width, height], size=(2, 2))
+        color = rng.uniform(0, 255, size=3).tolist()
+        thickness = int(rng.integers(1, 3))
+        cv2.line(image, tuple(map(int, points[0])), tuple(map(int, points[1])), color, thickness, cv2.LINE_AA)
+
+
+def _shape_polygon(class_index: int, rng: np.random.Generator) -> np.ndarray:
+    """Vertices of a class's shape in a unit frame centered at 0, before scaling. -> float (K, 2) xy."""
+    if class_index == 0:  # circle
+        angles = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        return np.stack([np.cos(angles), np.sin(angles)], 1)
+    if class_index == 1:  # square, slightly rectangular
+        aspect = rng.uniform(0.8, 1.25)
+        return np.array([[-1, -aspect], [1, -aspect], [1, aspect], [-1, aspect]], dtype=np.float64)
+    if class_index == 2:  # triangle, roughly upright
+        angles = np.deg2rad(np.array([-90.0, 30.0, 150.0]) + rng.uniform(-20, 20))
+        return np.stack([np.cos(angles), np.sin(angles)], 1)
+    if class_index == 3:  # five-pointed star, any rotation
+        angles = np.linspace(0, 2 * math.pi, 10, endpoint=False) + rng.uniform(0, 2 * math.pi)
+        radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([np.cos(angles) * radii, np.sin(angles) * radii], 1)
+    # plus-shaped cross, arms a third of the width
+    a = 1.0 / 3.0
+    return np.array(
+        [
+            [-a, -1],
+            [a, -1],
+            [a, -a],
+            [1, -a],
+            [1, a],
+            [a, a],
+            [a, 1],
+            [-a, 1],
+            [-a, a],
+            [-1, a],
+            [-1, -a],
+            [-a, -a],
+        ]
+    )
+
+
+def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
+    """A new box (drawn on top) may hide <= 30% of an earlier box and overlap by at most half of itself."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    for other in boxes:
+        inter_w = min(box[2], other[2]) - max(box[0], other[0])
+        inter_h = min(box[3], other[3]) - max(box[1], other[1])
+        if inter_w <= 0 or inter_h <= 0:
+            continue
+        inter = inter_w * inter_h
+        if inter > 0.3 * (other[2] - other[0]) * (other[3] - other[1]) or inter > 0.5 * area:
+            return False
+    return True
+
+
+def render_image(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    max_objects: int = 6,
+    min_object_size: float = 12,
+    max_object_fraction: float = 0.5,
+    background: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one image. -> (uint8 (H, W, 3) BGR, float (n, 5) rows class, cx, cy, w, h normalized)."""
+    image = _background(rng, height, width)
+    _distractors(rng, image)
+    boxes, labels = [], []
+    wanted = 0 if background else int(rng.integers(1, max_objects + 1))
+    max_size = max_object_fraction * min(width, height)
+    for _ in range(wanted):
+        class_index = int(rng.integers(0, len(CLASS_NAMES)))
+        for _attempt in range(30):
+            size = math.exp(rng.uniform(math.log(min_object_size), math.log(max_size)))
+            polygon = _shape_polygon(class_index, rng)
+            extent = polygon.max(0) - polygon.min(0)
+            polygon = (polygon - polygon.min(0)) * (size / extent.max())
+            span = polygon.max(0)
+            offset = rng.uniform([0, 0], [width - span[0], height - span[1]])
+            polygon = polygon + offset
+            box = np.concatenate([polygon.min(0), polygon.max(0)])
+            if _overlap_ok(box, boxes):
+                break
+        else:
+            continue
+        color = np.clip(np.array(CLASS_COLORS[class_index]) + rng.uniform(-30, 30, size=3), 0, 255)
+        points = np.round(polygon * (1 << _SUBPIXEL_BITS)).astype(np.int32)
+        cv2.fillPoly(image, [points], color.tolist(), cv2.LINE_AA, _SUBPIXEL_BITS)
+        boxes.append(box)
+        cx, cy = (box[0] + box[2]) / 2 / width, (box[1] + box[3]) / 2 / height
+        labels.append([class_index, cx, cy, (box[2] - box[0]) / width, (box[3] - box[1]) / height])
+    image += rng.normal(0, rng.uniform(3, 12), size=image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), np.array(labels, dtype=np.float64).reshape(-1, 5)
+
+
+def _write_split(root: Path, split: str, count: int, split_index: int, params: dict) -> int:
+    image_dir, label_dir = root / "images" / split, root / "labels" / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    width, height = (
+        params["img_size"] if isinstance(params["img_size"], (list, tuple)) else [params["img_size"]] * 2
+    )
+    n_objects = 0
+    for i in range(count):
+        rng = np.random.default_rng([params["seed"], split_index, i])
+        fraction = params["background_fraction"]
+        background = math.floor((i + 1) * fraction) > math.floor(i * fraction)  # exactly that share
+        image, labels = render_image(
+            rng,
+            width,
+            height,
+            params["max_objects"],
+            params["min_object_size"],
+            params["max_object_fraction"],
+            background,
+        )
+        cv2.imwrite(str(image_dir / f"{split}_{i:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        rows = "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
+        (label_dir / f"{split}_{i:05d}.txt").write_text(rows)
+        n_objects += len(labels)
+    return n_objects
+
+
+def generate_dataset(
+    root: str | Path,
+    img_size: int | tuple[int, int] = 160,
+    train_images: int = 600,
+    val_images: int = 120,
+    seed: int = 0,
+    background_fraction: float = 0.1,
+    max_objects: int = 6,
+    min_object_size: float = 12,
+    max_object_fraction: float = 0.5,
+) -> dict:
+    """Write the dataset under root (replacing what is there); img_size: side or (width, height)."""
+    root = Path(root)
+    params = {
+        "img_size": list(img_size) if isinstance(img_size, (list, tuple)) else int(img_size),
+        "train_images": int(train_images),
+        "val_images": int(val_images),
+        "seed": int(seed),
+        "background_fraction": float(background_fraction),
+        "max_objects": int(max_objects),
+        "min_object_size": float(min_object_size),
+        "max_object_fraction": float(max_object_fraction),
+    }
+    start = time.perf_counter()
+    objects = {}
+    for split_index, (split, count) in enumerate(zip(SPLITS, (train_images, val_images))):
+        objects[split] = _write_split(root, split, count, split_index, params)
+    (root / MARKER).write_text(
+        json.dumps({"params": params, "names": CLASS_NAMES, "objects": objects}, indent=1)
+    )
+    LOGGER.debug(f"Wrote {root} in {time.perf_counter() - start:.1f}s ({objects} objects).")
+    return params
+
+
+def ensure_dataset(root: str | Path, **params) -> Path:
+    """Generate the dataset under root unless a complete one with the same parameters is there.
+
+    Safe for several processes at once (torchrun): each writes to its own temporary folder and renames
+    it into place; a process that loses the race discards its copy.
+    """
+    root = Path(root)
+    if _is_complete(root, params):
+        return root
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    LOGGER.info(f"Generating the bundled synthetic dataset under {root} (first use, a few seconds)...")
+    start = time.perf_counter()
+    generate_dataset(tmp, **params)
+    if _is_complete(root, params):  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return root
+    if root.exists():  # stale or different parameters: move aside, then replace
+        stale = root.parent / f".{root.name}.stale-{os.getpid()}"
+        os.replace(root, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process renamed its copy into place between our check and rename
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _is_complete(root, params):
+            raise
+    LOGGER.info(f"Generated {root} in {time.perf_counter() - start:.1f}s.")
+    return root
+
+
+def _is_complete(root: Path, params: dict) -> bool:
+    marker = root / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        written = json.loads(marker.read_text())["params"]
+    except (ValueError, KeyError):
+        return False
+    wanted = dict(written, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()})
+    return all(written.get(k) == v for k, v in wanted.items())
+
+
+def write_samples(folder: str | Path, seed: int = 1234) -> list[Path]:
+    """The sample images committed in data/images/ (for detect.py): four 160x160 and one 256x160."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (width, height) in enumerate([(160, 160)] * 4 + [(256, 160)]):
+        image, _ = render_image(
+            np.random.default_rng([seed, i]), width, height, max_objects=5, min_object_size=14
+        )
+        files.append(folder / f"shapes{i}.jpg")
+        cv2.imwrite(str(files[-1]), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return files
