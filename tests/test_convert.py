@@ -1,0 +1,139 @@
+"""convert.py: fuse + verify + save, refusal on a bad fusion, no-op on fused input, the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import convert
+from models.yolo import Model, load_model_yaml
+from utils.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
+
+NAMES = ["circle", "square", "triangle"]
+
+
+def tiny_model(seed: int = 0, names: list[str] = NAMES) -> Model:
+    """repyolov5n at half width, BN statistics and affines randomized so fusion is not trivial,
+    objectness biased up so a random model still produces boxes above usual thresholds."""
+    torch.manual_seed(seed)
+    config, _ = load_model_yaml("repyolov5n.yaml")
+    config = dict(config, width_multiple=0.125, nc=len(names))
+    model = Model(config)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    with torch.no_grad():
+        for conv in model.detect.level_convs:
+            conv.bias.view(model.detect.na, -1)[:, 4] += 6
+    model.names = list(names)
+    return model.eval()
+
+
+def write_tiny_checkpoint(
+    path: Path, data: dict | None = None, seed: int = 0, names: list[str] = NAMES
+) -> Path:
+    extra = {"data": data} if data is not None else {}
+    save_checkpoint(make_checkpoint(tiny_model(seed, names), **extra), path)
+    return path
+
+
+def write_images(folder: Path, count: int = 3, size: tuple[int, int] = (72, 96)) -> list[Path]:
+    """Small random-texture images with a few filled shapes, (h, w) = size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+        cv2.rectangle(image, (10, 10), (40, 50), (0, 0, 255), -1)
+        cv2.circle(image, (size[1] - 25, size[0] - 25), 15, (255, 0, 0), -1)
+        path = folder / f"img{i}.jpg"
+        cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return write_tiny_checkpoint(tmp_path / "best.pt")
+
+
+def test_convert_saves_fused_checkpoint_beside_input(checkpoint: Path, capsys):
+    report = convert.run(checkpoint, img_size=64, runs=1)
+    output = checkpoint.with_name("best_fused.pt")
+    assert report["output"] == str(output) and output.is_file()
+    ckpt = load_checkpoint(output)
+    assert ckpt["deploy"] is True and ckpt["names"] == NAMES
+    fused, _ = load_model(output)
+    assert fused.deploy and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    trained, _ = load_model(checkpoint)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), trained(x), rtol=1e-4, atol=1e-3)
+
+    assert report["max_rel_error"] <= 1e-5
+    before, after = report["before"], report["after"]
+    assert after["bn"] == 0 and after["repvgg"] == 0 and before["repvgg"] > 0 and before["bn"] > 0
+    assert after["repvgg_fused"] == before["repvgg"]
+    assert after["parameters"] < before["parameters"] and after["conv"] < before["conv"]
+    assert after["gflops"] < before["gflops"]
+    assert report["latency_ratio"] > 0 and "random input" in report["input"]
+    printed = capsys.readouterr().out
+    for field in (
+        "parameters",
+        "GFLOPs",
+        "BatchNorm",
+        "RepVGG",
+        "latency",
+        "max abs error",
+        "training-form / fused",
+    ):
+        assert field in printed
+
+
+def test_convert_custom_output_and_real_images(tmp_path: Path):
+    images = tmp_path / "val" / "images"
+    write_images(images, count=2)
+    checkpoint = write_tiny_checkpoint(
+        tmp_path / "last.pt", data={"val": [str(images)], "nc": 3, "names": NAMES}
+    )
+    output = tmp_path / "out" / "deploy.pt"
+    report = convert.run(checkpoint, output=output, img_size=64, runs=1)
+    assert output.is_file() and not (tmp_path / "last_fused.pt").exists()
+    assert report["input"].startswith("2 validation images")
+
+
+def test_convert_refuses_large_error(checkpoint: Path, monkeypatch, capsys):
+    import models.reparam
+
+    monkeypatch.setattr(models.reparam, "verify", lambda a, b, x: (0.5, 2e-3))
+    with pytest.raises(convert.ConversionError, match="relative error 0.002"):
+        convert.run(checkpoint, img_size=64, runs=1)
+    assert not checkpoint.with_name("best_fused.pt").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main(["--weights", str(checkpoint), "--img", "64", "--runs", "1"])
+    assert exit_info.value.code != 0
+    assert "not saved" in capsys.readouterr().err and not checkpoint.with_name("best_fused.pt").exists()
+
+
+def test_convert_already_fused_is_noop(checkpoint: Path, capsys):
+    convert.run(checkpoint, img_size=64, runs=1)
+    fused = checkpoint.with_name("best_fused.pt")
+    before = sorted(p.name for p in checkpoint.parent.iterdir())
+    convert.main(["--weights", str(fused), "--img", "64"])  # returns normally: exit status 0
+    assert "already fused" in capsys.readouterr().err
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == before
+
+
+def test_convert_missing_file_is_one_sentence(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main(["--weights", str(tmp_path / "nope.pt")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and "Traceback" not in err

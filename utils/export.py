@@ -1,0 +1,154 @@
+"""ONNX export of a detection model, op counting, and a check against onnxruntime.
+
+The exported graph has one input ``images`` (B, 3, H, W) float32 RGB in 0..1 and one output
+``output`` (B, N, 5 + nc) with the decoded predictions (cx, cy, w, h in input pixels,
+objectness, class scores), the same as ``Model`` in eval mode. What a loader needs to run it
+(class names, stride, input size, whether the axes are dynamic) travels in the model's
+``metadata_props``, so the .onnx file stands alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+LOGGER = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "output"
+# ONNX ops whose output is an activation (the tensor a residual connection adds).
+_ACTIVATION_OPS = {"Relu", "LeakyRelu", "HardSwish", "Elu", "Selu", "PRelu", "Mish", "Swish"}
+# ONNX ops whose output is a pre-activation branch (what a RepVGG training-form block sums).
+_BRANCH_OPS = {"Conv", "BatchNormalization"}
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    img_hw: tuple[int, int],
+    opset: int = 17,
+    dynamic: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` (eval mode) to ``path`` and check it with onnx.checker.
+
+    img_hw: (height, width) of the example input; with ``dynamic`` batch, height and width are
+    free axes, otherwise the graph takes exactly (1, 3, height, width).
+    metadata: extra key/values stored as strings (JSON for non-strings) in metadata_props.
+    """
+    path = Path(path)
+    model = model.eval()
+    device = next(model.parameters()).device
+    example = torch.zeros(1, 3, *img_hw, device=device)
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 1: "anchors"},
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        # The torch.export-based exporter needs onnxscript, which we do not depend on; the
+        # TorchScript exporter handles this model fully.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx_model = onnx.load(str(path))
+    values = {"dynamic": dynamic, "img_size": list(img_hw), **(metadata or {})}
+    for key, value in values.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, str(path))
+    return path
+
+
+def read_metadata(onnx_model: onnx.ModelProto) -> dict[str, Any]:
+    """metadata_props as a dict, JSON values decoded (strings that are not JSON stay strings)."""
+    out: dict[str, Any] = {}
+    for entry in onnx_model.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            out[entry.key] = entry.value
+    return out
+
+
+def count_ops(onnx_model: onnx.ModelProto) -> Counter:
+    """Number of nodes per op type in the main graph."""
+    return Counter(node.op_type for node in onnx_model.graph.node)
+
+
+def classify_add_nodes(onnx_model: onnx.ModelProto) -> Counter:
+    """Sort the Add nodes by what they sum: {"branch": n, "residual": n, "other": n}.
+
+    branch: an input comes straight from a Conv or BatchNormalization (or from another branch
+    sum), i.e. parallel pre-activation branches, which a fused RepVGG graph must not have.
+    residual: both inputs are activation outputs (or residual sums), i.e. a shortcut such as the
+    C3 bottlenecks'.
+    other: arithmetic with constants or shapes (the Detect head's grid decode).
+    """
+    producers = {output: node for node in onnx_model.graph.node for output in node.output}
+
+    def is_activation(tensor: str) -> bool:
+        node = producers.get(tensor)
+        if node is None:
+            return False
+        if node.op_type in _ACTIVATION_OPS:
+            return True
+        if node.op_type == "Mul" and len(node.input) == 2:  # SiLU exported as x * sigmoid(x)
+            a, b = node.input
+            for gate, value in ((a, b), (b, a)):
+                gate_node = producers.get(gate)
+                if gate_node is not None and gate_node.op_type == "Sigmoid" and gate_node.input[0] == value:
+                    return True
+        return False
+
+    kinds: Counter = Counter({"branch": 0, "residual": 0, "other": 0})
+    branch_outputs: set[str] = set()
+    residual_outputs: set[str] = set()  # a chain of bottlenecks adds onto the previous sum
+    for node in onnx_model.graph.node:  # nodes are topologically sorted
+        if node.op_type != "Add":
+            continue
+        input_ops = [producers[t].op_type if t in producers else None for t in node.input]
+        if any(op in _BRANCH_OPS for op in input_ops) or any(t in branch_outputs for t in node.input):
+            kinds["branch"] += 1
+            branch_outputs.update(node.output)
+        elif all(is_activation(t) or t in residual_outputs for t in node.input):
+            kinds["residual"] += 1
+            residual_outputs.update(node.output)
+        else:
+            kinds["other"] += 1
+    return kinds
+
+
+def format_op_counts(counts: Counter, add_kinds: Counter) -> str:
+    """One line: 'Conv 60, Mul 57, ..., Add 7 (residual 7, branch 0, other 0), BatchNormalization 0'."""
+    parts = []
+    for op, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        if op == "Add":
+            detail = ", ".join(f"{kind} {add_kinds[kind]}" for kind in ("residual", "branch", "other"))
+            parts.append(f"Add {n} ({detail})")
+        else:
+            parts.append(f"{op} {n}")
+    if "BatchNormalization" not in counts:
+        parts.append("BatchNormalization 0")
+    return ", ".join(parts)
