@@ -41,10 +41,15 @@ LOGGER = logging.getLogger(__name__)
 TABLE_HEADER = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
 
 
-def default_img_size(img_size: int | None, data_given: bool, data_config: dict) -> int:
-    """--img when given; else the bundled dataset's own size when --data was not given; else 640."""
+def default_img_size(
+    img_size: int | None, data_given: bool, data_config: dict, fixed_input_hw: tuple[int, int] | None = None
+) -> int:
+    """--img when given; else a static ONNX model's input size; else the bundled dataset's own size when
+    --data was not given; else 640."""
     if img_size:
         return int(img_size)
+    if fixed_input_hw is not None:
+        return int(max(fixed_input_hw))
     if not data_given:
         return int(data_config.get("defaults", {}).get("img_size", 640))
     return 640
@@ -267,9 +272,8 @@ def run(
         )
     names = list(names or (data_config or {}).get("names") or predictor.names)
     if dataloader is None:
-        img_size = _check_img_size(
-            default_img_size(img_size, data is not None, data_config), predictor.stride
-        )
+        img_size = default_img_size(img_size, data is not None, data_config, predictor.fixed_input_hw)
+        img_size = _check_img_size(img_size, predictor.stride)
         dataloader = _build_loader(data_config, task, img_size, batch_size, workers, predictor)
     if not training:
         predictor.warmup((img_size, img_size) if img_size else (640, 640))
