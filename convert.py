@@ -51,7 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--output", default=None, help="fused checkpoint path (default: <stem>_fused.pt beside it)"
     )
     parser.add_argument(
-        "--img", "--img-size", dest="img_size", type=int, default=640, help="verification size"
+        "--img",
+        "--img-size",
+        dest="img_size",
+        type=int,
+        default=None,
+        help="verification and ONNX input size (default: the training image size, else 640)",
     )
     parser.add_argument("--onnx", action="store_true", help="also export <output stem>.onnx and check it")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
@@ -134,6 +139,11 @@ def interleaved_latency(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def training_img_size(ckpt: dict) -> int:
+    """The image size the checkpoint was trained at (its recorded options), else yolov5's 640."""
+    return int((ckpt.get("opt") or {}).get("img_size") or 640)
+
+
 def default_output(weights: Path) -> Path:
     return weights.with_name(f"{weights.stem}_fused.pt")
 
@@ -160,7 +170,7 @@ def fuse_and_verify(ckpt: dict, img_size: int, device: torch.device) -> dict:
 def run(
     weights: str | Path,
     output: str | Path | None = None,
-    img_size: int = 640,
+    img_size: int | None = None,
     onnx: bool = False,
     opset: int = 17,
     dynamic: bool = False,
@@ -177,6 +187,7 @@ def run(
     weights = Path(weights)
     device = select_device(device)
     ckpt = load_checkpoint(weights)
+    img_size = img_size or training_img_size(ckpt)
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}

@@ -39,7 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help=".pt checkpoint (training form or fused) or .onnx")
     parser.add_argument("--source", default="data/images", help="image, folder, glob, .txt list or video")
     parser.add_argument(
-        "--img", "--img-size", dest="img_size", nargs="+", type=int, default=[640], help="h [w]"
+        "--img",
+        "--img-size",
+        dest="img_size",
+        nargs="+",
+        type=int,
+        default=None,
+        help="h [w] (default: the size the model was trained or exported at, else 640)",
     )
     parser.add_argument("--conf-thres", type=float, default=0.25)
     parser.add_argument("--iou-thres", type=float, default=0.45)
@@ -60,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hide-labels", action="store_true")
     parser.add_argument("--hide-conf", action="store_true")
     args = parser.parse_args(argv)
-    if len(args.img_size) > 2:
+    if args.img_size is not None and len(args.img_size) > 2:
         parser.error("--img takes one size or two (height width)")
     return args
 
@@ -171,7 +177,7 @@ class _Outputs:
 def run(
     weights: str | Path,
     source: str | Path = "data/images",
-    img_size: int | list[int] = 640,
+    img_size: int | list[int] | None = None,
     conf_thres: float = 0.25,
     iou_thres: float = 0.45,
     max_det: int = 1000,
@@ -196,7 +202,7 @@ def run(
     """
     model = load_inference_model(weights, device)
     sources = LoadSources(source)
-    img_hw = input_size(model, img_size)
+    img_hw = input_size(model, img_size or model.train_img_size or 640)
     auto = model.fixed_input_hw is None  # minimal padding unless the graph wants one exact size
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     options = dict(save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, nosave=nosave)

@@ -30,6 +30,8 @@ class InferenceModel:
         must be multiples of it. fixed_input_hw: (height, width) a static ONNX graph was exported
         for, else None (any multiple of ``stride`` works). kind: "pytorch" or "onnx".
         deploy: whether the weights are the fused (re-parameterized) form.
+        train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
+        detect.py uses it when --img is not given.
     """
 
     kind = "base"
@@ -41,6 +43,7 @@ class InferenceModel:
         self.device = device
         self.deploy = deploy
         self.fixed_input_hw: tuple[int, int] | None = None
+        self.train_img_size: int | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -97,6 +100,8 @@ class OnnxInferenceModel(InferenceModel):
         if isinstance(shape[2], int) and isinstance(shape[3], int):
             self.fixed_input_hw = (shape[2], shape[3])
         self.path = path
+        exported_hw = metadata.get("img_size")
+        self.train_img_size = int(max(exported_hw)) if exported_hw else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, h, w). A static graph takes smaller inputs padded at the bottom and right
@@ -143,8 +148,10 @@ def load_inference_model(
     elif suffix in (".pt", ".pth"):
         from utils.checkpoint import load_model
 
-        network, _ = load_model(path, device=device)
+        network, ckpt = load_model(path, device=device)
         model = TorchInferenceModel(network, device)
+        recorded = (ckpt.get("opt") or {}).get("img_size")
+        model.train_img_size = int(recorded) if recorded else None
     else:
         raise ValueError(f"weights {path} are neither a .pt checkpoint nor an .onnx file; pass one of those.")
     LOGGER.debug("loaded %s (%s, %d classes, stride %d)", path, model.kind, model.nc, model.stride)

@@ -39,7 +39,9 @@ def box_xyxy_to_xywh(boxes: Boxes) -> Boxes:
     return out
 
 
-def box_normxywh_to_xyxy(boxes: Boxes, width: float, height: float, pad_x: float = 0, pad_y: float = 0) -> Boxes:
+def box_normxywh_to_xyxy(
+    boxes: Boxes, width: float, height: float, pad_x: float = 0, pad_y: float = 0
+) -> Boxes:
     """Normalized (cx, cy, w, h) in [0, 1] -> pixel xyxy, scaled by (width, height) and shifted by the pad."""
     out = box_xywh_to_xyxy(boxes)
     out[..., [0, 2]] = out[..., [0, 2]] * width + pad_x

@@ -23,7 +23,9 @@ def select_device(device: str | int | torch.device = "") -> torch.device:
     if spec == "":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        raise SystemExit(f"--device {device} asks for CUDA, but no CUDA GPU is available here; use --device cpu.")
+        raise SystemExit(
+            f"--device {device} asks for CUDA, but no CUDA GPU is available here; use --device cpu."
+        )
     ids = [int(i) for i in spec.split(",") if i != ""]
     local_rank = int(os.environ.get("LOCAL_RANK", -1))
     index = ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]

@@ -54,7 +54,9 @@ class Hyp:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown hyperparameter(s) {unknown}; known keys are {sorted(known)}.")
+            raise ValueError(
+                f"{source}: unknown hyperparameter(s) {unknown}; known keys are {sorted(known)}."
+            )
         return cls(**{k: float(v) for k, v in values.items()})
 
 
