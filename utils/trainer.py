@@ -358,9 +358,10 @@ class Trainer:
                 plots=True,
                 verbose=True,
                 save_dir=self.save_dir,
-            )
+            )  # ends with "Results saved to <save_dir>"
+        else:
+            LOGGER.info(f"Results saved to {self.save_dir}")
         plot_results(self.save_dir / "results.csv")
-        LOGGER.info(f"Results saved to {self.save_dir}")
 
     def _summary(self, epoch: int, finished: bool) -> dict:
         weights = self.save_dir / "weights" if self.save_dir else None
