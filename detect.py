@@ -101,9 +101,14 @@ def describe(detections: np.ndarray, names: list[str]) -> str:
     if len(detections) == 0:
         return "(no detections)"
     classes, counts = np.unique(detections[:, 5].astype(int), return_counts=True)
-    return ", ".join(
-        f"{n} {names[c]}{'s' if n > 1 else ''}" for c, n in zip(classes.tolist(), counts.tolist())
-    )
+    return ", ".join(f"{n} {plural(names[c], n)}" for c, n in zip(classes.tolist(), counts.tolist()))
+
+
+def plural(name: str, count: int) -> str:
+    """English plural for the detection line: 'circle' -> 'circles', 'cross' -> 'crosses'."""
+    if count == 1:
+        return name
+    return name + ("es" if name.endswith(("s", "x", "z", "ch", "sh")) else "s")
 
 
 def save_labels(path: Path, detections: np.ndarray, original_hw: tuple[int, int], save_conf: bool) -> None:

@@ -7,6 +7,10 @@ Two measurements per model, interleaved round by round so that load from other p
   epoch: one pass over a loader of --epoch-images bundled training images with the training
          augmentation (mosaic etc.), i.e. what an epoch of train.py costs per image, without validation.
 Prints the median over rounds and the repyolov5s / yolov5s ratio (the training cost of the extra branches).
+
+If the ``yolov5`` pip package happens to be importable (it is not a dependency of this project), its
+yolov5s model and loss are timed on the same fixed batch too ("step" only), and our yolov5s / theirs
+is printed: the check that our training step is not slower than yolov5's on this machine.
 """
 
 from __future__ import annotations
@@ -75,13 +79,33 @@ def build(cfg: str, nc: int, img_size: int, device):
     return model, YoloLoss(model.detect, hyp), build_optimizer(model, "SGD", lr=0.001)
 
 
+def build_reference_yolov5(nc: int, img_size: int, device):
+    """(model, loss, optimizer) of the installed `yolov5` package's yolov5s, or None when it is absent."""
+    try:
+        import yolov5
+        from yolov5.models.yolo import Model as ReferenceModel
+        from yolov5.utils.loss import ComputeLoss
+    except ImportError:
+        return None
+    cfg = Path(yolov5.__file__).parent / "models" / "yolov5s.yaml"
+    model = ReferenceModel(str(cfg), ch=3, nc=nc).to(device).train()
+    model.nc = nc
+    model.hyp = scale_loss_gains(load_hyp("hyp.scratch-low.yaml"), model.model[-1].nl, nc, img_size).to_dict()
+    loss = ComputeLoss(model)
+    return (
+        model,
+        lambda predictions, targets: loss(predictions, targets),
+        build_optimizer(model, "SGD", lr=0.001),
+    )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--img", dest="img_size", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed train steps per round")
+    parser.add_argument("--steps", type=int, default=5, help="timed train steps per round")
     parser.add_argument("--epoch-images", type=int, default=48, help="images in the timed 'epoch'")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
@@ -89,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(img_size=320, batch_size=8, steps=3, epoch_images=48, rounds=3, workers=2, device="cpu") -> dict:
+def run(img_size=320, batch_size=8, steps=5, epoch_images=48, rounds=3, workers=2, device="cpu") -> dict:
     device = select_device(device)
     data = load_data_config(None)
     hyp = load_hyp("hyp.scratch-low.yaml")
@@ -109,6 +133,8 @@ def run(img_size=320, batch_size=8, steps=3, epoch_images=48, rounds=3, workers=
         )
         built = {cfg: build(cfg, data["nc"], img_size, device) for cfg in MODELS}
         results = {cfg: {"step": [], "epoch": []} for cfg in MODELS}
+        reference = build_reference_yolov5(data["nc"], img_size, device)
+        reference_steps = []
         for round_index in range(rounds):
             for cfg, (model, loss_fn, optimizer) in built.items():
                 results[cfg]["step"].append(
@@ -120,6 +146,10 @@ def run(img_size=320, batch_size=8, steps=3, epoch_images=48, rounds=3, workers=
                     f"epoch {results[cfg]['epoch'][-1]:6.2f} img/s",
                     flush=True,
                 )
+            if reference is not None:
+                reference_steps.append(measure_steps(*reference, batch_size, img_size, steps, device))
+                label = "yolov5 (package)"
+                print(f"round {round_index + 1}/{rounds} {label:18s} step {reference_steps[-1]:6.2f} img/s")
     medians = {cfg: {k: statistics.median(v) for k, v in r.items()} for cfg, r in results.items()}
     rep, plain = medians[MODELS[0]], medians[MODELS[1]]
     print(
@@ -133,6 +163,15 @@ def run(img_size=320, batch_size=8, steps=3, epoch_images=48, rounds=3, workers=
         f"{'ratio rep/plain':20s}{rep['step'] / plain['step']:12.2f}{rep['epoch'] / plain['epoch']:13.2f}"
         "   (below 1: the RepVGG training form is slower)"
     )
+    if reference_steps:
+        theirs = statistics.median(reference_steps)
+        print(f"{'yolov5 package':20s}{theirs:12.2f}")
+        print(
+            f"{'ours/yolov5 (v5s)':20s}{plain['step'] / theirs:12.2f}   (1 or above: not slower than yolov5)"
+        )
+        medians["yolov5_package"] = {"step": theirs}
+    else:
+        print("(the yolov5 pip package is not installed: no side-by-side with yolov5's own training step)")
     return medians
 
 

@@ -119,3 +119,12 @@ def test_detect_cli_parses_yolov5_flags(weights: Path, images, tmp_path: Path):
     with pytest.raises(SystemExit) as exit_info:
         detect.main(["--weights", str(weights), "--source", str(tmp_path / "nothing.jpg")])
     assert exit_info.value.code == 1
+
+
+def test_detection_line_pluralizes_class_names():
+    detections = np.array(
+        [[0, 0, 1, 1, 0.9, 0], [0, 0, 1, 1, 0.8, 0], [0, 0, 1, 1, 0.7, 1], [0, 0, 2, 2, 0.6, 2]]
+    )
+    assert detect.describe(detections, ["circle", "cross", "bus"]) == "2 circles, 1 cross, 1 bus"
+    assert detect.plural("cross", 2) == "crosses" and detect.plural("box", 3) == "boxes"
+    assert detect.describe(np.zeros((0, 6)), ["circle"]) == "(no detections)"

@@ -82,6 +82,7 @@ def test_lr_schedules_and_warmup():
     assert warmup_iterations(hyp, 1000, 100) == 3000
     assert warmup_iterations(hyp, 10, 100) == 100  # at least 100 iterations...
     assert warmup_iterations(hyp, 10, 4) == 20  # ...but never more than half of the run
+    assert warmup_iterations(hyp, 8, 30) == 24  # 64 images at batch 8: the floor gives way to 1/10 of the run
     optimizer = build_optimizer(small_net(), "SGD", lr=0.01, momentum=0.937)
     schedule = EpochSchedule(optimizer, epochs=10, lrf=0.01)
     apply_warmup(optimizer, 0, 100, schedule.factor(0), hyp, "SGD")

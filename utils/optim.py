@@ -96,11 +96,14 @@ class EpochSchedule:
 
 
 def warmup_iterations(hyp: Hyp, batches_per_epoch: int, epochs: int) -> int:
-    """max(warmup_epochs * nb, 100) iterations, but never more than half of the training; 0 disables."""
+    """warmup_epochs * nb iterations, raised to at least 100 (yolov5's floor) but only while that floor
+    stays under a tenth of the run: a tiny dataset (64 images at batch 8 for 30 epochs is 240 steps)
+    would otherwise spend half its steps warming up. 0 disables."""
     if hyp.warmup_epochs <= 0:
         return 0
-    iterations = max(round(hyp.warmup_epochs * batches_per_epoch), MIN_WARMUP_ITERATIONS)
-    return int(min(iterations, epochs * batches_per_epoch / 2))
+    total = epochs * batches_per_epoch
+    floor = min(MIN_WARMUP_ITERATIONS, total // 10)
+    return int(min(max(round(hyp.warmup_epochs * batches_per_epoch), floor), total / 2))
 
 
 def apply_warmup(
