@@ -130,7 +130,7 @@ def train_one_epoch(
         iteration = i + batches * epoch
         if i == 0 and plot_file is not None:
             plot_batch(images, targets, paths, plot_file, names=names)
-        images = images.to(device, non_blocking=True).float() / 255
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
         step_every = accumulate
         if iteration <= warmup:
             apply_warmup(optimizer, iteration, warmup, lr_factor, hyp, optimizer_name)

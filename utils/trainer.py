@@ -116,7 +116,10 @@ class Trainer:
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.resumed = resume_ckpt is not None
         self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(opt["hyp"])
-        self.model = build_model(opt, data["nc"], data["names"], resume_ckpt).to(device)
+        # channels_last: oneDNN (CPU) and cuDNN (tensor cores) run convs faster in NHWC; measured on the
+        # 2-core CPU, a repyolov5s training step at 160 px, batch 16, takes ~13% less time.
+        model = build_model(opt, data["nc"], data["names"], resume_ckpt)
+        self.model = model.to(device, memory_format=torch.channels_last)
         grid = max(int(self.model.stride.max()), 32)
         self.img_size = math.ceil(opt["img_size"] / grid) * grid
         if self.img_size != opt["img_size"]:
