@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -28,6 +25,7 @@ from models.blocks.repvgg import RepVGGBlock
 from models.yolo import count_gflops, count_parameters
 from utils.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.log import setup_logging
+from utils.timing import interleaved_latency
 
 LOGGER = logging.getLogger(__name__)
 
@@ -112,31 +110,6 @@ def verification_input(ckpt: dict, img_size: int, device: torch.device) -> tuple
     generator = torch.Generator().manual_seed(0)
     batch = torch.rand(2, 3, img_size, img_size, generator=generator).to(device)
     return batch, f"random input (2, 3, {img_size}, {img_size}), seed 0"
-
-
-def interleaved_latency(
-    functions: dict[str, Callable[[], object]], runs: int, threads: int = 0
-) -> dict[str, float]:
-    """Median milliseconds per call of each function, timed in turns so that machine load and
-    clock changes hit all of them alike. One untimed warm-up call each. threads > 0 sets PyTorch's
-    intra-op threads for the measurement (OpenMP threads on a busy, shared CPU make the median
-    measure the contention rather than the model)."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    previous_threads = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            for function in functions.values():
-                function()
-            for _ in range(max(runs, 1)):
-                for name, function in functions.items():
-                    start = time.perf_counter()
-                    function()
-                    times[name].append((time.perf_counter() - start) * 1000)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def training_img_size(ckpt: dict) -> int:

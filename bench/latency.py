@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
-import time
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from models.yolo import Model
+from utils.timing import interleaved_latency
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,20 +35,11 @@ def build_models(nc: int = 80) -> dict[str, nn.Module]:
     }
 
 
-@torch.inference_mode()
 def measure(models: dict[str, nn.Module], img_size: int, rounds: int, warmup: int) -> dict[str, float]:
     """Median milliseconds per forward for each model at batch 1, img_size x img_size."""
     x = torch.rand(1, 3, img_size, img_size)
-    for model in models.values():
-        for _ in range(warmup):
-            model(x)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model(x)
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
+    calls = {name: (lambda model=model: model(x)) for name, model in models.items()}
+    return interleaved_latency(calls, rounds, warmup=warmup)
 
 
 def run(
