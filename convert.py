@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from torch import nn
 
@@ -86,7 +85,7 @@ def verification_input(ckpt: dict, img_size: int, device: torch.device) -> tuple
     """Up to 8 validation images of the checkpoint's dataset, letterboxed to img_size, as a float
     (B, 3, img_size, img_size) RGB 0..1 batch; a seeded random (2, 3, img_size, img_size) batch
     when none of them is on this machine. Returns the batch and a description of it."""
-    from utils.augment import letterbox
+    from utils.augment import image_to_tensor, letterbox
     from utils.dataset import image_files_from_sources
 
     sources = (ckpt.get("data") or {}).get("val") or []
@@ -101,11 +100,11 @@ def verification_input(ckpt: dict, img_size: int, device: torch.device) -> tuple
         if image is None:
             continue
         image = letterbox(image, img_size, auto=False)[0]
-        images.append(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))  # BGR HWC -> RGB CHW
+        images.append(image_to_tensor(image))
         if len(images) == VERIFY_IMAGES:
             break
     if images:
-        batch = torch.from_numpy(np.stack(images)).float().div(255).to(device)
+        batch = torch.stack(images).float().div(255).to(device)
         return batch, f"{len(images)} validation images from {Path(files[0]).parent}"
     generator = torch.Generator().manual_seed(0)
     batch = torch.rand(2, 3, img_size, img_size, generator=generator).to(device)

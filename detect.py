@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.augment import letterbox
+from utils.augment import image_to_tensor, letterbox
 from utils.backend import InferenceModel, load_inference_model
 from utils.boxes import box_xyxy_to_normxywh, scale_boxes_to_original
 from utils.log import setup_logging
@@ -92,8 +92,7 @@ def preprocess(image_bgr: np.ndarray, img_hw: tuple[int, int], stride: int, auto
     """BGR (H, W, 3) uint8 -> letterboxed float RGB (1, 3, h, w) in 0..1, and its
     ((ratio_h, ratio_w), (pad_x, pad_y))."""
     image, ratio, pad = letterbox(image_bgr, img_hw, auto=auto, stride=stride)
-    tensor = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))  # (3, h, w) RGB
-    return tensor.to(device).float().div(255).unsqueeze(0), (ratio, pad)
+    return image_to_tensor(image).to(device).float().div(255).unsqueeze(0), (ratio, pad)
 
 
 def describe(detections: np.ndarray, names: list[str]) -> str:

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 PAD_VALUE = 114
+
+
+def image_to_tensor(image_bgr: np.ndarray) -> torch.Tensor:
+    """OpenCV's BGR (H, W, 3) uint8 image -> the network's RGB uint8 Tensor[3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(image_bgr.transpose(2, 0, 1)[::-1]))
 
 
 def letterbox(

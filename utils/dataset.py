@@ -327,8 +327,7 @@ class LoadedDataset(Dataset):
         targets = torch.zeros((len(labels_normalized), 6))
         if len(labels_normalized):
             targets[:, 1:] = torch.from_numpy(labels_normalized)
-        chw_rgb = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # (3, H, W) BGR -> RGB
-        return torch.from_numpy(chw_rgb), targets, self.image_files[index], shapes
+        return augment.image_to_tensor(img), targets, self.image_files[index], shapes
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
