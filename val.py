@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from utils.backend import InferenceModel, TorchInferenceModel, load_inference_model
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh, scale_boxes_to_original
-from utils.coco_json import (
+from utils.coco import (
     coco_category_ids,
     coco_records,
     evaluate_coco_json,
