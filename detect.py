@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.augment import image_to_tensor, letterbox
+from utils.augment import check_img_size, image_to_tensor, letterbox
 from utils.backend import InferenceModel, load_inference_model
 from utils.boxes import box_xyxy_to_normxywh, scale_boxes_to_original
 from utils.log import setup_logging
@@ -80,12 +80,7 @@ def input_size(model: InferenceModel, img_size: int | list[int] | tuple[int, ...
                 "using the ONNX model's fixed input size %s instead of --img %s", model.fixed_input_hw, sizes
             )
         return model.fixed_input_hw
-    rounded = [-(-size // model.stride) * model.stride for size in sizes]
-    if rounded != sizes:
-        LOGGER.warning(
-            "WARNING: --img %s must be a multiple of the stride %d; using %s.", sizes, model.stride, rounded
-        )
-    return rounded[0], rounded[1]
+    return check_img_size(sizes[0], model.stride), check_img_size(sizes[1], model.stride)
 
 
 def preprocess(image_bgr: np.ndarray, img_hw: tuple[int, int], stride: int, auto: bool, device: torch.device):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.augment import check_img_size
 from utils.backend import InferenceModel, TorchInferenceModel, load_inference_model
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh, scale_boxes_to_original
 from utils.coco import (
@@ -218,13 +218,6 @@ def _data_config(data: str | Path | dict | None, needed: bool) -> dict | None:
     return load_data_config(data)
 
 
-def _check_img_size(img_size: int, stride: int) -> int:
-    size = int(math.ceil(img_size / stride) * stride)
-    if size != img_size:
-        LOGGER.warning("--img %d is not a multiple of the model stride %d; using %d.", img_size, stride, size)
-    return size
-
-
 def run(
     data: str | Path | dict | None = None,
     weights: str | Path | None = None,
@@ -273,7 +266,7 @@ def run(
     names = list(names or (data_config or {}).get("names") or predictor.names)
     if dataloader is None:
         img_size = default_img_size(img_size, data is not None, data_config, predictor.fixed_input_hw)
-        img_size = _check_img_size(img_size, predictor.stride)
+        img_size = check_img_size(img_size, predictor.stride)
         dataloader = _build_loader(data_config, task, img_size, batch_size, workers, predictor)
     if not training:
         predictor.warmup((img_size, img_size) if img_size else (640, 640))

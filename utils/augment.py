@@ -8,11 +8,23 @@ Random functions take an ``np.random.Generator`` so each dataloader worker draws
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
 import torch
 
+LOGGER = logging.getLogger(__name__)
+
 PAD_VALUE = 114
+
+
+def check_img_size(img_size: int, stride: int) -> int:
+    """img_size rounded up to a multiple of the model's largest stride, with a warning when it changes."""
+    size = -(-int(img_size) // stride) * stride
+    if size != img_size:
+        LOGGER.warning("--img %d is not a multiple of the model stride %d; using %d.", img_size, stride, size)
+    return size
 
 
 def image_to_tensor(image_bgr: np.ndarray) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import val as validation
 from models.yolo import Model
+from utils.augment import check_img_size
 from utils.autoanchor import check_anchors
 from utils.checkpoint import load_checkpoint, load_model, save_checkpoint
 from utils.curves import plot_results
@@ -120,10 +120,7 @@ class Trainer:
         # 2-core CPU, a repyolov5s training step at 160 px, batch 16, takes ~13% less time.
         model = build_model(opt, data["nc"], data["names"], resume_ckpt)
         self.model = model.to(device, memory_format=torch.channels_last)
-        grid = max(int(self.model.stride.max()), 32)
-        self.img_size = math.ceil(opt["img_size"] / grid) * grid
-        if self.img_size != opt["img_size"]:
-            LOGGER.warning(f"--img {opt['img_size']} is not a multiple of {grid}; using {self.img_size}.")
+        self.img_size = check_img_size(opt["img_size"], max(int(self.model.stride.max()), 32))
         if opt["batch_size"] % context.world_size:
             raise SystemExit(
                 f"--batch-size {opt['batch_size']} is not a multiple of the {context.world_size} processes."
