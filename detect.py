@@ -80,7 +80,8 @@ def input_size(model: InferenceModel, img_size: int | list[int] | tuple[int, ...
                 "using the ONNX model's fixed input size %s instead of --img %s", model.fixed_input_hw, sizes
             )
         return model.fixed_input_hw
-    return check_img_size(sizes[0], model.stride), check_img_size(sizes[1], model.stride)
+    height = check_img_size(sizes[0], model.stride)
+    return height, height if sizes[1] == sizes[0] else check_img_size(sizes[1], model.stride)
 
 
 def preprocess(image_bgr: np.ndarray, img_hw: tuple[int, int], stride: int, auto: bool, device: torch.device):
