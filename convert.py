@@ -11,32 +11,27 @@ as ``best_fused.pt`` beside the input (``deploy: True``: loading builds the fuse
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
 from pathlib import Path
 
-import cv2
-import torch
-from torch import nn
-
-from models.blocks.repvgg import RepVGGBlock
-from models.yolo import count_gflops, count_parameters
 from utils.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.deploy.export import export_and_check
+from utils.deploy.fuse import (
+    MAX_RELATIVE_ERROR,
+    format_report,
+    fuse_and_verify,
+    fusion_report,
+    training_img_size,
+    verification_input,
+)
+from utils.device import select_device
+from utils.errors import USER_ERRORS, ConversionError
 from utils.log import setup_logging
-from utils.timing import interleaved_latency
 
 LOGGER = logging.getLogger(__name__)
-
-MAX_RELATIVE_ERROR = 1e-5
-MAX_ONNX_RELATIVE_ERROR = 1e-4  # a different runtime with different kernels: round-off only
-VERIFY_IMAGES = 8
 # Checkpoint keys that describe the run and stay useful beside the fused weights.
 CARRIED_KEYS = ("epoch", "best_fitness", "date", "hyp", "opt", "data", "results")
-
-
-class ConversionError(RuntimeError):
-    """Conversion refused; the message is one sentence naming the file and the fix."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,74 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def count_modules(model: nn.Module) -> dict[str, int]:
-    """Parameters and the module kinds fusion removes or keeps."""
-    modules = list(model.modules())
-    return {
-        "parameters": count_parameters(model),
-        "conv": sum(isinstance(m, nn.Conv2d) for m in modules),
-        "bn": sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules),
-        "repvgg": sum(isinstance(m, RepVGGBlock) and not m.deploy for m in modules),
-        "repvgg_fused": sum(isinstance(m, RepVGGBlock) and m.deploy for m in modules),
-    }
-
-
-def verification_input(ckpt: dict, img_size: int, device: torch.device) -> tuple[torch.Tensor, str]:
-    """Up to 8 validation images of the checkpoint's dataset, letterboxed to img_size, as a float
-    (B, 3, img_size, img_size) RGB 0..1 batch; a seeded random (2, 3, img_size, img_size) batch
-    when none of them is on this machine. Returns the batch and a description of it."""
-    from utils.augment import image_to_tensor, letterbox
-    from utils.dataset import image_files_from_sources
-
-    sources = (ckpt.get("data") or {}).get("val") or []
-    files: list[str] = []
-    try:
-        files = image_files_from_sources(sources)[: 4 * VERIFY_IMAGES] if sources else []
-    except (OSError, ValueError) as error:
-        LOGGER.info("validation images of the checkpoint unavailable (%s); verifying on random input.", error)
-    images = []
-    for file in files:
-        image = cv2.imread(file)
-        if image is None:
-            continue
-        image = letterbox(image, img_size, auto=False)[0]
-        images.append(image_to_tensor(image))
-        if len(images) == VERIFY_IMAGES:
-            break
-    if images:
-        batch = torch.stack(images).float().div(255).to(device)
-        return batch, f"{len(images)} validation images from {Path(files[0]).parent}"
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.rand(2, 3, img_size, img_size, generator=generator).to(device)
-    return batch, f"random input (2, 3, {img_size}, {img_size}), seed 0"
-
-
-def training_img_size(ckpt: dict) -> int:
-    """The image size the checkpoint was trained at (its recorded options), else yolov5's 640."""
-    return int((ckpt.get("opt") or {}).get("img_size") or 640)
-
-
 def default_output(weights: Path) -> Path:
     return weights.with_name(f"{weights.stem}_fused.pt")
-
-
-def fuse_and_verify(ckpt: dict, img_size: int, device: torch.device) -> dict:
-    """Build the training form and its fused copy, verify them; raise when the error is too big."""
-    from models.reparam import verify
-
-    trained = model_from_checkpoint(ckpt).to(device).float().eval()
-    fused = copy.deepcopy(trained).reparameterize().eval()
-    images, described = verification_input(ckpt, img_size, device)
-    with torch.no_grad():
-        max_abs, max_rel = verify(trained, fused, images)
-    return {
-        "trained": trained,
-        "fused": fused,
-        "images": images,
-        "input": described,
-        "abs": max_abs,
-        "rel": max_rel,
-    }
 
 
 def run(
@@ -154,8 +83,6 @@ def run(
 
     runs: timed calls per model for the latency rows; threads: CPU threads while timing (0: defaults).
     """
-    from utils.device import select_device
-
     weights = Path(weights)
     device = select_device(device)
     ckpt = load_checkpoint(weights)
@@ -178,120 +105,16 @@ def run(
             f"(limit {MAX_RELATIVE_ERROR:g}) on {result['input']}; not saved — check the checkpoint's BN "
             f"statistics for NaN/inf or report the model config."
         )
-    trained, fused = result["trained"], result["fused"]
-    fused_ckpt = make_checkpoint(fused, **{key: ckpt[key] for key in CARRIED_KEYS if key in ckpt})
-    fused_ckpt["converted_from"] = str(weights)
-    save_checkpoint(fused_ckpt, output)
-
-    single = result["images"][:1]
-    latency = interleaved_latency(
-        {"trained": lambda: trained(single), "fused": lambda: fused(single)}, runs, threads
-    )
-    report = {
-        "status": "converted",
-        "weights": str(weights),
-        "output": str(output),
-        "input": result["input"],
-        "img_size": img_size,
-        "threads": threads or torch.get_num_threads(),
-        "max_abs_error": float(result["abs"]),
-        "max_rel_error": float(result["rel"]),
-    }
-    for key, model in (("before", trained), ("after", fused)):
-        report[key] = {**count_modules(model), "gflops": count_gflops(model, img_size)}
-    report["before"]["latency_ms"], report["after"]["latency_ms"] = latency["trained"], latency["fused"]
-    report["latency_ratio"] = latency["trained"] / latency["fused"]
+    carried = {key: ckpt[key] for key in CARRIED_KEYS if key in ckpt}
+    save_checkpoint(make_checkpoint(result["fused"], **carried, converted_from=str(weights)), output)
+    report = fusion_report(result, weights, output, img_size, runs, threads)
     print(format_report(report))
     print(f"Saved the fused checkpoint to {output}")
     if onnx:
         report["onnx"] = export_and_check(
-            fused, output.with_suffix(".onnx"), result["images"], opset, dynamic, runs, threads
+            result["fused"], output.with_suffix(".onnx"), result["images"], opset, dynamic, runs, threads
         )
     return report
-
-
-def format_report(report: dict) -> str:
-    before, after = report["before"], report["after"]
-    rows = [
-        ("parameters", f"{before['parameters']:,}", f"{after['parameters']:,}"),
-        ("GFLOPs", f"{before['gflops']:.2f}", f"{after['gflops']:.2f}"),
-        ("Conv2d modules", before["conv"], after["conv"]),
-        ("BatchNorm modules", before["bn"], after["bn"]),
-        ("RepVGG multi-branch", before["repvgg"], after["repvgg"]),
-        ("RepVGG fused (1 conv)", before["repvgg_fused"], after["repvgg_fused"]),
-        (
-            f"CPU latency, batch 1, {report['threads']} thr",
-            f"{before['latency_ms']:.1f} ms",
-            f"{after['latency_ms']:.1f} ms",
-        ),
-    ]
-    lines = [
-        f"Conversion {report['weights']} -> {report['output']} at {report['img_size']}x{report['img_size']}",
-        f"{'':30}{'training form':>16}{'fused':>16}",
-        *(f"{name:30}{str(a):>16}{str(b):>16}" for name, a, b in rows),
-        f"max abs error {report['max_abs_error']:.3g}, max rel error {report['max_rel_error']:.3g} "
-        f"(limit {MAX_RELATIVE_ERROR:g}) on {report['input']}",
-        f"training-form / fused latency: {report['latency_ratio']:.2f}x",
-    ]
-    return "\n".join(lines)
-
-
-def export_and_check(
-    model: nn.Module, path: Path, images: torch.Tensor, opset: int, dynamic: bool, runs: int, threads: int = 0
-) -> dict:
-    """Export ONNX, compare onnxruntime with PyTorch on ``images``, count ops, time both at batch 1."""
-    import onnx
-
-    from utils.backend import load_inference_model
-    from utils.export import classify_add_nodes, count_ops, export_onnx, format_op_counts
-
-    img_hw = tuple(images.shape[-2:])
-    metadata = {
-        "names": list(model.names),
-        "nc": int(model.nc),
-        "stride": int(model.stride.max()),
-        "deploy": True,
-    }
-    export_onnx(model, path, img_hw, opset=opset, dynamic=dynamic, metadata=metadata)
-    graph = onnx.load(str(path))
-    counts, add_kinds = count_ops(graph), classify_add_nodes(graph)
-    session = load_inference_model(path, "cpu", threads=threads)
-    with torch.no_grad():
-        reference = model(images).cpu()
-    predicted = session(images.cpu())
-    max_abs = float((predicted - reference).abs().max())
-    max_rel = max_abs / max(float(reference.abs().max()), 1e-12)
-    shape = "dynamic (batch, 3, height, width)" if dynamic else f"static (1, 3, {img_hw[0]}, {img_hw[1]})"
-    print(f"ONNX {path} (opset {opset}, {shape}): onnx.checker passed")
-    print(f"  ops: {format_op_counts(counts, add_kinds)}")
-    print(f"  onnxruntime vs PyTorch: max abs error {max_abs:.3g}, max rel error {max_rel:.3g}")
-    if counts.get("BatchNormalization", 0) or add_kinds["branch"]:
-        raise ConversionError(
-            f"{path} still has {counts.get('BatchNormalization', 0)} BatchNormalization and "
-            f"{add_kinds['branch']} branch Add nodes; the model is not fully fused — report its config."
-        )
-    if not max_rel <= MAX_ONNX_RELATIVE_ERROR:
-        raise ConversionError(
-            f"onnxruntime output of {path} differs from PyTorch by relative error {max_rel:.3g} "
-            f"(limit {MAX_ONNX_RELATIVE_ERROR:g}); do not deploy it — try another --opset."
-        )
-    single = images[:1]
-    latency = interleaved_latency(
-        {"pytorch": lambda: model(single), "onnxruntime": lambda: session(single.cpu())}, runs, threads
-    )
-    threads_used = f"{threads} thr" if threads else "default threads"
-    print(
-        f"  CPU latency, batch 1, {threads_used}: PyTorch fused {latency['pytorch']:.1f} ms, ONNX Runtime "
-        f"{latency['onnxruntime']:.1f} ms (ORT / PyTorch {latency['onnxruntime'] / latency['pytorch']:.2f}x)"
-    )
-    return {
-        "path": str(path),
-        "ops": dict(counts),
-        "add_kinds": dict(add_kinds),
-        "max_abs_error": max_abs,
-        "max_rel_error": max_rel,
-        "latency_ms": latency,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,9 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         run(**vars(args))
-    except (ConversionError, FileNotFoundError, ValueError) as error:
-        LOGGER.error("ERROR: %s", error)
-        sys.exit(1)
+    except USER_ERRORS as error:
+        LOGGER.error(f"convert.py: {error}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,23 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from utils.augment import check_img_size, image_to_tensor, letterbox
-from utils.backend import InferenceModel, load_inference_model
-from utils.boxes import box_xyxy_to_normxywh, scale_boxes_to_original
+from utils.boxes import scale_boxes_to_original
+from utils.data.labels import write_yolo_labels
+from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
+from utils.data.sources import LoadSources, SourceItem
+from utils.deploy.backend import InferenceModel, load_inference_model
+from utils.device import time_sync
+from utils.errors import USER_ERRORS
 from utils.log import setup_logging
 from utils.nms import non_max_suppression
 from utils.paths import increment_path
 from utils.plots import draw_boxes
-from utils.sources import LoadSources, SourceItem
 
 LOGGER = logging.getLogger(__name__)
 
@@ -106,15 +108,6 @@ def plural(name: str, count: int) -> str:
     return name + ("es" if name.endswith(("s", "x", "z", "ch", "sh")) else "s")
 
 
-def save_labels(path: Path, detections: np.ndarray, original_hw: tuple[int, int], save_conf: bool) -> None:
-    """YOLO rows 'class cx cy w h [conf]' normalized to the original image."""
-    boxes = box_xyxy_to_normxywh(detections[:, :4], original_hw[1], original_hw[0])
-    with path.open("w") as file:
-        for box, score, cls in zip(boxes, detections[:, 4], detections[:, 5]):
-            row = [f"{int(cls)}", *(f"{v:.6f}" for v in box)] + ([f"{score:.6f}"] if save_conf else [])
-            file.write(" ".join(row) + "\n")
-
-
 def save_crops(
     image: np.ndarray, detections: np.ndarray, names: list[str], crop_dir: Path, stem: str
 ) -> None:
@@ -140,9 +133,8 @@ class _Outputs:
         opts = self.options
         stem = Path(item.path).stem + (f"_{item.frame}" if item.is_video else "")
         if opts["save_txt"] and len(detections):
-            save_labels(
-                self.save_dir / "labels" / f"{stem}.txt", detections, item.image.shape[:2], opts["save_conf"]
-            )
+            label_file = self.save_dir / "labels" / f"{stem}.txt"
+            write_yolo_labels(label_file, detections, item.image.shape[:2], opts["save_conf"])
             self.label_files += 1
         if opts["save_crop"]:
             save_crops(item.image, detections, self.names, self.save_dir / "crops", stem)
@@ -212,15 +204,15 @@ def run(
     results, totals = [], np.zeros(3)
     try:
         for item in sources:
-            start = time.perf_counter()
+            start = time_sync()
             images, ratio_pad = preprocess(item.image, img_hw, model.stride, auto, model.device)
-            loaded = time.perf_counter()
+            loaded = time_sync()
             prediction = model(images)
-            inferred = time.perf_counter()
+            inferred = time_sync()
             kept = non_max_suppression(
                 prediction, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det
             )[0]
-            done = time.perf_counter()
+            done = time_sync()
             totals += (loaded - start, inferred - loaded, done - inferred)
             detections = kept.cpu().numpy().astype(np.float64)
             scale_boxes_to_original(detections[:, :4], item.image.shape[:2], ratio_pad)
@@ -269,9 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         run(**vars(args))
-    except (FileNotFoundError, ValueError) as error:
-        LOGGER.error("ERROR: %s", error)
-        sys.exit(1)
+    except USER_ERRORS as error:
+        LOGGER.error(f"detect.py: {error}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,23 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
+import sys
 from typing import Sequence
 
-import torch.distributed as dist
-
-from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.dataset import load_data_config
-from utils.device import init_seeds, select_device
+from utils.errors import USER_ERRORS
 from utils.log import setup_logging
-from utils.paths import increment_path, latest_run
-from utils.train_loop import DistributedContext, init_distributed, main_process_first
-from utils.trainer import Trainer
+from utils.train.distributed import DistributedContext
+from utils.train.options import TrainOptions
+from utils.train.trainer import train
 
 LOGGER = logging.getLogger("train")
-# What yolov5 users expect when they bring their own dataset; the bundled dataset's YAML has its own.
-USER_DATA_DEFAULTS = {"img_size": 640, "epochs": 100, "batch_size": 16, "hyp": "hyp.scratch-low.yaml"}
-NOT_RESUMED = ("device", "workers", "resume")  # options a resumed run takes from its own command line
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,100 +60,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_options(opt: dict, data: dict, data_given: bool) -> dict:
-    """Fill unset --img/--epochs/--batch-size/--hyp from the bundled dataset's `defaults:` block
-    (only when --data was not given) or from the yolov5 defaults."""
-    defaults = dict(USER_DATA_DEFAULTS)
-    if not data_given:
-        bundled = data.get("defaults") or {}
-        unknown = sorted(set(bundled) - set(defaults))
-        if unknown:
-            LOGGER.warning(f"{data['yaml_file']}: ignoring unknown keys {unknown} in 'defaults:'.")
-        defaults.update({k: v for k, v in bundled.items() if k in defaults})
-    return {**opt, **{key: value for key, value in defaults.items() if opt.get(key) is None}}
+def run(options: TrainOptions | None = None, stop_after_epochs: int | None = None, **values) -> dict:
+    """Train with ``options`` (or ``TrainOptions(**values)``: the flags' names, e.g. cfg=, epochs=);
+    returns the run summary of ``utils.train.trainer.train``.
 
-
-def load_resume(opt: dict) -> tuple[dict, dict, Path]:
-    """(the interrupted run's options with this call's device and workers, its checkpoint, the path)."""
-    path = latest_run() if opt["resume"] is True else Path(opt["resume"])
-    if path is None:
-        raise SystemExit(
-            "--resume: no runs/train/*/weights/last.pt found; pass the checkpoint path to resume."
-        )
-    try:
-        ckpt = load_checkpoint(path)
-    except CheckpointError as error:
-        raise SystemExit(str(error)) from None
-    if ckpt.get("epoch", -1) < 0 or "optimizer" not in ckpt:
-        raise SystemExit(
-            f"{path} is from a run that already finished, so there is nothing to resume; "
-            f"start a new run with --weights {path} to train it further."
-        )
-    resumed = {**ckpt["opt"], **{k: opt[k] for k in NOT_RESUMED}, "resume": str(path)}
-    LOGGER.info(f"Resuming training from {path} (epoch {ckpt['epoch'] + 2} of {resumed['epochs']}).")
-    return resumed, ckpt, path
-
-
-def run(
-    cfg: str = "",
-    weights: str = "",
-    data: str | None = None,
-    hyp: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    img_size: int | None = None,
-    device: str = "",
-    workers: int = 2,
-    resume: bool | str = False,
-    project: str = "runs/train",
-    name: str = "exp",
-    exist_ok: bool = False,
-    seed: int = 0,
-    cache: str | None = None,
-    optimizer: str = "SGD",
-    cos_lr: bool = False,
-    patience: int = 100,
-    freeze: int = 0,
-    sync_bn: bool = False,
-    stop_after_epochs: int | None = None,
-) -> dict:
-    """Train; returns {"save_dir", "best", "last", "epochs_done", "finished", "best_fitness",
-    "final" (val.run metrics of best.pt)}.
-
-    stop_after_epochs: end this process after that many epochs as if it were interrupted (last.pt
-    stays resumable); for tests of --resume.
+    stop_after_epochs: end after that many epochs as if interrupted (last.pt stays resumable).
     """
-    opt = {k: v for k, v in locals().items() if k != "stop_after_epochs"}
-    context = DistributedContext.from_environment()
-    if "," in str(device) and not context.distributed:
-        LOGGER.warning(
-            f"--device {device} lists several GPUs but this is one process, using the first; "
-            f"launch with torchrun --nproc_per_node {len(str(device).split(','))} train.py ... to use all."
-        )
-    torch_device = init_distributed(context, select_device(device))
-    resume_ckpt = None
-    if resume:
-        opt, resume_ckpt, resume_path = load_resume(opt)
-        save_dir = resume_path.parent.parent
-    with main_process_first(context):
-        data_config = load_data_config(opt["data"])
-    opt = resolve_options(opt, data_config, data_given=opt["data"] is not None)
-    if not resume:
-        save_dir = (
-            increment_path(Path(opt["project"]) / opt["name"], opt["exist_ok"]) if context.is_main else None
-        )
-    init_seeds(opt["seed"] + 1 + context.rank)
-    trainer = Trainer(opt, data_config, context, torch_device, save_dir, resume_ckpt)
-    try:
-        return trainer.train(stop_after_epochs)
-    finally:
-        if context.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+    return train(options or TrainOptions(**values), stop_after_epochs)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    setup_logging()
-    return run(**vars(parse_args(argv)))
+    setup_logging(verbose=DistributedContext.from_environment().is_main)
+    options = TrainOptions(**vars(parse_args(argv)))
+    try:
+        return run(options)
+    except USER_ERRORS as error:
+        LOGGER.error(f"train.py: {error}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from utils.dataset import create_dataloader
+from utils.data.dataset import create_dataloader
+from utils.data.synthetic import generate_dataset
 from utils.hyp import load_hyp
-from utils.synthetic import generate_dataset
 
 HYP_FILE = "hyp.scratch-low.yaml"
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.yolo import Model
-from utils.timing import interleaved_latency
+from utils.deploy.timing import interleaved_latency
 
 LOGGER = logging.getLogger(__name__)
 

@@ -2,9 +2,11 @@
 
     python -m bench.train_throughput [--img 320] [--batch-size 8] [--rounds 3] [--device cpu]
 
-Two measurements per model, interleaved round by round so that load from other processes hits both:
-  step:  forward + loss + backward + optimizer step on one fixed random batch (no data loading);
-  epoch: one pass over a loader of --epoch-images bundled training images with the training
+Two measurements per model, interleaved round by round so that load from other processes hits both,
+both through the library's own training step (utils.train.epoch.train_step with an OptimizerStep:
+channels_last, autocast on CUDA, gradient clipping, the EMA update), exactly what train.py runs:
+  step:  train_step on one fixed random batch (no data loading);
+  epoch: train_one_epoch over a loader of --epoch-images bundled training images with the training
          augmentation (mosaic etc.), i.e. what an epoch of train.py costs per image, without validation.
 Prints the median over rounds and the repyolov5s / yolov5s ratio (the training cost of the extra branches).
 
@@ -23,14 +25,42 @@ from pathlib import Path
 import torch
 
 from models.yolo import Model
-from utils.dataset import create_dataloader, image_files_from_sources, load_data_config
+from utils.data.config import image_files_from_sources, load_data_config
+from utils.data.dataset import create_dataloader
 from utils.device import select_device, time_sync
-from utils.hyp import load_hyp
-from utils.loss import YoloLoss
-from utils.optim import build_optimizer
-from utils.trainer import scale_loss_gains
+from utils.hyp import Hyp, load_hyp
+from utils.train.ema import ModelEMA
+from utils.train.epoch import train_one_epoch, train_step
+from utils.train.loss import YoloLoss
+from utils.train.optim import EpochSchedule, build_optimizer
+from utils.train.step import OptimizerStep
+from utils.train.trainer import scale_loss_gains
 
 MODELS = ("repyolov5s.yaml", "yolov5s.yaml")
+
+
+class Trainee:
+    """A model with the loss and OptimizerStep train.py would give it (no accumulation, no warmup)."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn, hyp: Hyp, device: torch.device):
+        self.model = model.to(device, memory_format=torch.channels_last).train()
+        self.loss_fn = loss_fn
+        optimizer = build_optimizer(self.model, "SGD", lr=0.001, momentum=hyp.momentum)
+        schedule = EpochSchedule(optimizer, epochs=1, lrf=hyp.lrf)
+        ema = ModelEMA(self.model)
+        amp = device.type == "cuda"
+        self.step = OptimizerStep(
+            self.model, optimizer, schedule, hyp, accumulate=1, warmup=0, ema=ema, amp=amp
+        )
+        self.iteration = 0
+
+    def steps(self, images: torch.Tensor, targets: torch.Tensor, count: int) -> None:
+        for _ in range(count):
+            self.iteration += 1
+            train_step(self.model, images, targets, self.loss_fn, self.step, self.iteration)
+
+    def epoch(self, loader) -> None:
+        train_one_epoch(self.model, loader, self.loss_fn, self.step, epoch=0, epochs=1, show_progress=False)
 
 
 def random_targets(batch_size: int, nc: int, per_image: int = 4, seed: int = 0) -> torch.Tensor:
@@ -44,43 +74,35 @@ def random_targets(batch_size: int, nc: int, per_image: int = 4, seed: int = 0) 
     return torch.cat([image[:, None], classes[:, None], xy, wh], dim=1)
 
 
-def train_step(model, loss_fn, optimizer, images: torch.Tensor, targets: torch.Tensor) -> None:
-    loss, _ = loss_fn(model(images), targets)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-
-
-def measure_steps(model, loss_fn, optimizer, batch_size: int, img_size: int, steps: int, device) -> float:
-    images = torch.rand(batch_size, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(
-        device
+def measure_steps(trainee: Trainee, batch_size: int, img_size: int, steps: int, nc: int) -> float:
+    """Images per second of ``steps`` training steps on one fixed uint8 batch (after one warm-up step)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(
+        0, 256, (batch_size, 3, img_size, img_size), generator=generator, dtype=torch.uint8
     )
-    targets = random_targets(batch_size, model.nc).to(device)
-    train_step(model, loss_fn, optimizer, images, targets)  # warm-up
+    targets = random_targets(batch_size, nc)
+    trainee.steps(images, targets, 1)  # warm-up
     start = time_sync()
-    for _ in range(steps):
-        train_step(model, loss_fn, optimizer, images, targets)
+    trainee.steps(images, targets, steps)
     return steps * batch_size / (time_sync() - start)
 
 
-def measure_epoch(model, loss_fn, optimizer, loader, device) -> float:
-    seen = 0
+def measure_epoch(trainee: Trainee, loader) -> float:
     start = time_sync()
-    for images, targets, _, _ in loader:
-        images = images.to(device).float() / 255
-        train_step(model, loss_fn, optimizer, images, targets.to(device))
-        seen += len(images)
-    return seen / (time_sync() - start)
+    trainee.epoch(loader)
+    return len(loader.dataset) / (time_sync() - start)
 
 
-def build(cfg: str, nc: int, img_size: int, device):
-    model = Model(cfg, nc=nc).to(device).train()
-    hyp = scale_loss_gains(load_hyp("hyp.scratch-low.yaml"), model.detect.nl, nc, img_size)
-    return model, YoloLoss(model.detect, hyp), build_optimizer(model, "SGD", lr=0.001)
+def build(cfg: str, nc: int, img_size: int, device) -> Trainee:
+    model = Model(cfg, nc=nc)
+    hyp = load_hyp("hyp.scratch-low.yaml")
+    return Trainee(
+        model, YoloLoss(model.detect, scale_loss_gains(hyp, model.detect.nl, nc, img_size)), hyp, device
+    )
 
 
-def build_reference_yolov5(nc: int, img_size: int, device):
-    """(model, loss, optimizer) of the installed `yolov5` package's yolov5s, or None when it is absent."""
+def build_reference_yolov5(nc: int, img_size: int, device) -> Trainee | None:
+    """The installed `yolov5` package's yolov5s and loss in our training step, or None when it is absent."""
     try:
         import yolov5
         from yolov5.models.yolo import Model as ReferenceModel
@@ -90,13 +112,9 @@ def build_reference_yolov5(nc: int, img_size: int, device):
     cfg = Path(yolov5.__file__).parent / "models" / "yolov5s.yaml"
     model = ReferenceModel(str(cfg), ch=3, nc=nc).to(device).train()
     model.nc = nc
-    model.hyp = scale_loss_gains(load_hyp("hyp.scratch-low.yaml"), model.model[-1].nl, nc, img_size).to_dict()
-    loss = ComputeLoss(model)
-    return (
-        model,
-        lambda predictions, targets: loss(predictions, targets),
-        build_optimizer(model, "SGD", lr=0.001),
-    )
+    hyp = load_hyp("hyp.scratch-low.yaml")
+    model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, img_size).to_dict()
+    return Trainee(model, ComputeLoss(model), hyp, device)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,18 +154,16 @@ def run(img_size=320, batch_size=8, steps=5, epoch_images=48, rounds=3, workers=
         reference = build_reference_yolov5(data["nc"], img_size, device)
         reference_steps = []
         for round_index in range(rounds):
-            for cfg, (model, loss_fn, optimizer) in built.items():
-                results[cfg]["step"].append(
-                    measure_steps(model, loss_fn, optimizer, batch_size, img_size, steps, device)
-                )
-                results[cfg]["epoch"].append(measure_epoch(model, loss_fn, optimizer, loader, device))
+            for cfg, trainee in built.items():
+                results[cfg]["step"].append(measure_steps(trainee, batch_size, img_size, steps, data["nc"]))
+                results[cfg]["epoch"].append(measure_epoch(trainee, loader))
                 print(
                     f"round {round_index + 1}/{rounds} {cfg:18s} step {results[cfg]['step'][-1]:6.2f} img/s, "
                     f"epoch {results[cfg]['epoch'][-1]:6.2f} img/s",
                     flush=True,
                 )
             if reference is not None:
-                reference_steps.append(measure_steps(*reference, batch_size, img_size, steps, device))
+                reference_steps.append(measure_steps(reference, batch_size, img_size, steps, data["nc"]))
                 label = "yolov5 (package)"
                 print(f"round {round_index + 1}/{rounds} {label:18s} step {reference_steps[-1]:6.2f} img/s")
     medians = {cfg: {k: statistics.median(v) for k, v in r.items()} for cfg, r in results.items()}

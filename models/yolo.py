@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +17,7 @@ import yaml
 from torch import Tensor, nn
 
 from models.blocks import BLOCKS, BuildContext
+from models.errors import ModelConfigError, ModelConfigNotFoundError
 from models.head import DEFAULT_ANCHORS, Detect
 from models.reparam import reparameterize_model
 
@@ -32,7 +34,7 @@ def resolve_cfg(cfg: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     known = ", ".join(sorted(p.name for p in MODELS_DIR.glob("*.yaml")))
-    raise FileNotFoundError(f"model config '{cfg}' not found; give a YAML path or one of: {known}")
+    raise ModelConfigNotFoundError(f"model config '{cfg}' not found; give a YAML path or one of: {known}")
 
 
 def load_model_yaml(cfg: str | Path | dict) -> tuple[dict, str]:
@@ -41,15 +43,20 @@ def load_model_yaml(cfg: str | Path | dict) -> tuple[dict, str]:
         config, source = copy.deepcopy(cfg), cfg.get("yaml_file", "model config")
     else:
         path = resolve_cfg(cfg)
-        with open(path, encoding="utf-8") as file:
-            config = yaml.safe_load(file)
         source = str(path)
+        try:
+            with open(path, encoding="utf-8") as file:
+                config = yaml.safe_load(file)
+        except yaml.YAMLError as error:
+            raise ModelConfigError(f"{source} is not valid YAML ({error}); fix its syntax") from None
         if not isinstance(config, dict):
-            raise ValueError(f"{source} is not a model YAML mapping; see models/yolov5s.yaml for the format")
+            raise ModelConfigError(
+                f"{source} is not a model YAML mapping; see models/yolov5s.yaml for the format"
+            )
         config["yaml_file"] = path.name
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
-        raise ValueError(f"{source} lacks the keys {missing}; add them (see models/yolov5s.yaml)")
+        raise ModelConfigError(f"{source} lacks the keys {missing}; add them (see models/yolov5s.yaml)")
     return config, source
 
 
@@ -79,13 +86,15 @@ def parse_model(config: dict, in_channels: int = 3, deploy: bool = False, source
         try:
             layer = _build_layer(index, row, channels, depth, context, config)
         except (ValueError, TypeError, IndexError) as error:
-            raise ValueError(f"{source}: layer {index} {row}: {error}; fix this row of the YAML") from None
+            raise ModelConfigError(
+                f"{source}: layer {index} {row}: {error}; fix this row of the YAML"
+            ) from None
         froms = layer.from_index if isinstance(layer.from_index, list) else [layer.from_index]
         saved.update(f if f >= 0 else index + f for f in froms if f != -1)
         layers.append(layer)
         channels.append(layer.out_channels)
     if not isinstance(layers[-1], Detect):
-        raise ValueError(
+        raise ModelConfigError(
             f"{source}: the last head row must be Detect; add [[P3, P4, P5], 1, Detect, [nc, anchors]]"
         )
     return nn.Sequential(*layers), sorted(saved)
@@ -235,13 +244,16 @@ def run(cfg: str = "repyolov5s.yaml", nc: int | None = None, img_size: int = 640
     return model
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0, or 2 after printing the one-sentence error of an unusable model YAML."""
     args = parse_args(argv)
     try:
         run(args.cfg, args.nc, args.img_size)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"Error: {error}") from None
+    except ModelConfigError as error:
+        print(f"models.yolo: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

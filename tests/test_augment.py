@@ -7,47 +7,9 @@ the pixels of that color are found again and compared with the transformed box.
 import numpy as np
 import pytest
 
-from utils import augment
+from tests.helpers import COLORS, color_mask, draw_rectangles, iou, mask_box
 from utils.boxes import scale_boxes_to_original
-
-# Distinct saturated BGR colors; class i is drawn in COLORS[i].
-COLORS = np.array(
-    [
-        [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255], [0, 255, 255],
-        [255, 128, 0], [128, 0, 255], [0, 128, 255], [255, 0, 128], [128, 255, 0], [0, 255, 128],
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-BACKGROUND = 30
-
-
-def draw_rectangles(height, width, boxes_xyxy, first_class=0):
-    """Image with filled rectangles and their (n, 5) pixel labels (class, x1, y1, x2, y2)."""
-    img = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
-    labels = []
-    for k, (x1, y1, x2, y2) in enumerate(boxes_xyxy):
-        cls = first_class + k
-        img[y1:y2, x1:x2] = COLORS[cls]
-        labels.append([cls, x1, y1, x2, y2])
-    return img, np.array(labels, dtype=np.float64).reshape(-1, 5)
-
-
-def color_mask(img, cls, tolerance=60):
-    return np.abs(img.astype(int) - COLORS[cls].astype(int)).max(-1) < tolerance
-
-
-def mask_box(mask):
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return None
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
-
-
-def iou(a, b):
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+from utils.data import augment, preprocess
 
 
 def check_boxes_on_objects(img, labels, exact=True, min_iou=0.9, tolerance_px=2.0):
@@ -85,7 +47,7 @@ def check_visible_objects_kept(img, labels, min_pixels=60):
 @pytest.mark.parametrize("scaleup", [True, False])
 def test_letterbox_moves_boxes_and_maps_back(new_shape, scaleup):
     img, labels = draw_rectangles(60, 100, [(5, 5, 30, 25), (50, 20, 95, 55), (35, 30, 48, 58)])
-    out, (ratio_h, ratio_w), (pad_x, pad_y) = augment.letterbox(img, new_shape, scaleup=scaleup)
+    out, (ratio_h, ratio_w), (pad_x, pad_y) = preprocess.letterbox(img, new_shape, scaleup=scaleup)
     target = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
     assert out.shape[:2] == target
     assert abs(ratio_h - ratio_w) < 0.05 and (scaleup or ratio_w <= 1)
@@ -99,7 +61,7 @@ def test_letterbox_moves_boxes_and_maps_back(new_shape, scaleup):
 
 def test_letterbox_auto_pads_to_stride_multiple():
     img = np.zeros((100, 200, 3), np.uint8)
-    out, _, (pad_x, pad_y) = augment.letterbox(img, 256, auto=True, stride=32)
+    out, _, (pad_x, pad_y) = preprocess.letterbox(img, 256, auto=True, stride=32)
     assert out.shape[:2] == (128, 256) and pad_x == 0 and pad_y == 0
 
 

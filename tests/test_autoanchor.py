@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.autoanchor import anchor_metrics, check_anchors, dataset_box_sizes, evolve_anchors, kmeans
+from utils.train.autoanchor import anchor_metrics, check_anchors, dataset_box_sizes, evolve_anchors, kmeans
 
 YOLOV5_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 

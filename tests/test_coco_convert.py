@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from utils.coco import convert_coco_json
-from utils.dataset import LoadedDataset
+from utils.data.dataset import LoadedDataset
 
 
 def _coco_json(path):

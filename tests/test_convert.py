@@ -4,59 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
 import convert
-from models.yolo import Model, load_model_yaml
-from utils.checkpoint import load_checkpoint, load_model, make_checkpoint, save_checkpoint
-
-NAMES = ["circle", "square", "triangle"]
-
-
-def tiny_model(seed: int = 0, names: list[str] = NAMES) -> Model:
-    """repyolov5n at half width, BN statistics and affines randomized so fusion is not trivial,
-    objectness biased up so a random model still produces boxes above usual thresholds."""
-    torch.manual_seed(seed)
-    config, _ = load_model_yaml("repyolov5n.yaml")
-    config = dict(config, width_multiple=0.125, nc=len(names))
-    model = Model(config)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    with torch.no_grad():
-        for conv in model.detect.level_convs:
-            conv.bias.view(model.detect.na, -1)[:, 4] += 6
-    model.names = list(names)
-    return model.eval()
-
-
-def write_tiny_checkpoint(
-    path: Path, data: dict | None = None, seed: int = 0, names: list[str] = NAMES
-) -> Path:
-    extra = {"data": data} if data is not None else {}
-    save_checkpoint(make_checkpoint(tiny_model(seed, names), **extra), path)
-    return path
-
-
-def write_images(folder: Path, count: int = 3, size: tuple[int, int] = (72, 96)) -> list[Path]:
-    """Small random-texture images with a few filled shapes, (h, w) = size."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
-        cv2.rectangle(image, (10, 10), (40, 50), (0, 0, 255), -1)
-        cv2.circle(image, (size[1] - 25, size[0] - 25), 15, (255, 0, 0), -1)
-        path = folder / f"img{i}.jpg"
-        cv2.imwrite(str(path), image)
-        paths.append(path)
-    return paths
+from tests.helpers import NAMES, write_images, write_tiny_checkpoint
+from utils.checkpoint import load_checkpoint, load_model
 
 
 @pytest.fixture
@@ -118,7 +71,7 @@ def test_convert_refuses_large_error(checkpoint: Path, monkeypatch, capsys):
     assert not checkpoint.with_name("best_fused.pt").exists()
     with pytest.raises(SystemExit) as exit_info:
         convert.main(["--weights", str(checkpoint), "--img", "64", "--runs", "1"])
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 2
     assert "not saved" in capsys.readouterr().err and not checkpoint.with_name("best_fused.pt").exists()
 
 
@@ -134,6 +87,6 @@ def test_convert_already_fused_is_noop(checkpoint: Path, capsys):
 def test_convert_missing_file_is_one_sentence(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         convert.main(["--weights", str(tmp_path / "nope.pt")])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "nope.pt" in err and "Traceback" not in err

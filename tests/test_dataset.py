@@ -11,15 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_augment import color_mask, draw_rectangles, iou, mask_box
+from tests.helpers import color_mask, draw_rectangles, iou, mask_box
 from utils.boxes import box_normxywh_to_xyxy, scale_boxes_to_original
-from utils.dataset import (
-    LoadedDataset,
-    create_dataloader,
-    image_files_from_sources,
-    label_file_for,
-    load_data_config,
-)
+from utils.data.config import image_files_from_sources, load_data_config
+from utils.data.dataset import LoadedDataset, create_dataloader
+from utils.data.labels import label_file_for
 from utils.hyp import Hyp
 from utils.plots import plot_batch, plot_labels
 
@@ -224,7 +220,7 @@ def test_dataloader_with_a_worker_and_ram_cache(rect_dataset, tmp_path):
 
 
 def test_collate_pads_mixed_sizes():
-    from utils.dataset import collate
+    from utils.data.dataset import collate
 
     small = (torch.zeros(3, 32, 64, dtype=torch.uint8), torch.tensor([[0, 1, 0.5, 0.5, 0.5, 0.5]]), "a", None)
     large = (torch.zeros(3, 64, 64, dtype=torch.uint8), torch.tensor([[0, 2, 0.5, 0.5, 0.5, 0.5]]), "b", None)

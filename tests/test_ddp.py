@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from tests.test_train import make_tiny_dataset
+from tests.helpers import make_tiny_dataset
 from utils.paths import ROOT
 
 

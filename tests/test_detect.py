@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import detect
-from tests.test_convert import NAMES, write_images, write_tiny_checkpoint
-from utils.sources import LoadSources
+from tests.helpers import NAMES, write_images, write_tiny_checkpoint
+from utils.data.sources import LoadSources
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_detect_cli_parses_yolov5_flags(weights: Path, images, tmp_path: Path):
     assert (tmp_path / "exp" / "img0.jpg").is_file()
     with pytest.raises(SystemExit) as exit_info:
         detect.main(["--weights", str(weights), "--source", str(tmp_path / "nothing.jpg")])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
 
 
 def test_detection_line_pluralizes_class_names():

@@ -1,5 +1,5 @@
 """ONNX export: the fused graph has no BatchNormalization nor branch Adds, passes onnx.checker, and
-onnxruntime (through utils.backend) reproduces PyTorch, static and dynamic."""
+onnxruntime (through utils.deploy.backend) reproduces PyTorch, static and dynamic."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from models.blocks.common import Bottleneck
-from tests.test_convert import NAMES, tiny_model
-from utils.backend import load_inference_model
-from utils.export import classify_add_nodes, count_ops, export_onnx, read_metadata
+from tests.helpers import NAMES, tiny_model
+from utils.deploy.backend import load_inference_model
+from utils.deploy.export import classify_add_nodes, count_ops, export_onnx, read_metadata
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from utils.hyp import Hyp
-from utils.loss import YoloLoss, build_level_targets
+from utils.train.loss import YoloLoss, build_level_targets
 
 YOLOV5_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 

@@ -12,7 +12,7 @@ import torchvision
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from utils.metrics import ConfusionMatrix, DetectionEvaluator, match_detections, pairwise_iou
+from utils.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, match_detections, pairwise_iou
 
 Case = list[tuple[np.ndarray, np.ndarray]]  # per image: detections (n, 6) xyxy score class, labels (m, 5)
 
@@ -236,7 +236,7 @@ def test_tied_scores_follow_image_id_order_whatever_the_insertion_order():
 
 
 def test_plots_are_written(tmp_path):
-    from utils.curves import plot_results, plot_validation
+    from utils.evaluation.plots import plot_results, plot_validation
 
     images, nc = make_case("shuffled")
     metrics = ours(images, nc)

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.dataset import LoadedDataset, load_data_config
-from utils.synthetic import CLASS_NAMES, MARKER, ensure_dataset, generate_dataset, render_image
+from utils.data.config import load_data_config
+from utils.data.dataset import LoadedDataset
+from utils.data.synthetic import CLASS_NAMES, MARKER, ensure_dataset, generate_dataset, render_image
 
 SMALL = dict(img_size=64, train_images=20, val_images=6, seed=3, min_object_size=8)
 

@@ -1,4 +1,5 @@
-"""val.py end to end on a tiny hand-made dataset: weights and in-training calls, outputs, empty cases."""
+"""val.py end to end on a tiny hand-made dataset, and the evaluate() it shares with training: outputs,
+empty cases, errors."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pycocotools.cocoeval import COCOeval
 
 import val
 from models.yolo import Model
-from utils.backend import InferenceModel
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.dataset import create_dataloader
+from utils.data.dataset import create_dataloader
+from utils.deploy.backend import InferenceModel, TorchInferenceModel
+from utils.evaluation.evaluate import evaluate
 
 NAMES = ["box", "bar"]
 # Per image: (width, height) and labels (class, cx, cy, w, h) normalized. Image 4 is a background image.
@@ -207,16 +209,17 @@ def test_zero_detections_report_zeros(dataset, weights, tmp_path):
     assert (tmp_path / "none" / "F1_curve.png").is_file() and "coco_eval" not in results
 
 
-def test_in_training_call_with_model_and_dataloader(dataset, monkeypatch, tmp_path):
+def test_evaluate_is_the_library_function_training_calls(dataset, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    model = Model("yolov5n.yaml", nc=2).train()
+    model = Model("yolov5n.yaml", nc=2).eval()
     loader, _ = create_dataloader(str(dataset / "images"), 64, 4, rect=True, workers=0, prefix="val: ")
-    results = val.run(model=model, dataloader=loader, plots=False, quiet=True)
+    result = evaluate(TorchInferenceModel(model, torch.device("cpu")), loader, NAMES, quiet=True)
+    results = result.to_dict()
     assert EXPECTED_KEYS <= results.keys() and results["images"] == 4
-    assert model.training  # restored for the next epoch
-    assert not (tmp_path / "runs").exists()  # nothing written without a save_dir
-    results = val.run(model=model, dataloader=loader, plots=False, quiet=True, save_dir=tmp_path / "train")
-    assert (tmp_path / "train" / "metrics.json").is_file()
+    assert result.map50 == results["mAP50"] and result.map50_95 == results["mAP50_95"]
+    assert not any(tmp_path.iterdir())  # evaluate itself writes nothing
+    result.save(tmp_path / "train", plots=False)
+    assert json.loads((tmp_path / "train" / "metrics.json").read_text())["images"] == 4
 
 
 def test_speed_task(dataset, weights, tmp_path):
@@ -276,9 +279,10 @@ def test_cli_arguments_and_image_size_default(dataset, weights, tmp_path, capsys
         and "per image at shape (" in printed
         and "bar" in printed
     )
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(SystemExit) as exit_info:
         val.main(["--weights", str(tmp_path / "missing.pt"), "--data", str(dataset / "data.yaml")])
-    with pytest.raises(SystemExit, match="no 'test' split"):
+    assert exit_info.value.code == 2 and "missing.pt not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         val.main(
             [
                 "--weights",
@@ -293,3 +297,4 @@ def test_cli_arguments_and_image_size_default(dataset, weights, tmp_path, capsys
                 str(tmp_path),
             ]
         )
+    assert exit_info.value.code == 2 and "has no 'test' split" in capsys.readouterr().err

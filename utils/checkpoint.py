@@ -2,7 +2,8 @@
 
 A checkpoint dict holds "model" (state dict to infer with), "model_yaml" (dict), "nc", "names",
 "deploy", "epoch" (-1 when final), "best_fitness", "date", "version", and for training runs
-"raw_model", "optimizer", "scheduler", "ema_updates", "hyp", "opt", "data", "results".
+"hyp", "opt", "data", "results", plus what a resume needs until the run finishes: "raw_model",
+"optimizer", "ema_updates". ``make_checkpoint`` is the one builder; the trainer and convert.py add keys.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from models.errors import ModelConfigError
+from utils import __version__
+from utils.errors import CheckpointError
+
 LOGGER = logging.getLogger(__name__)
-CHECKPOINT_VERSION = "0.1.0"
 REQUIRED_KEYS = ("model", "model_yaml", "deploy")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and the fix."""
+RESUME_KEYS = ("raw_model", "optimizer", "ema_updates")  # dropped when the run finishes
+__all__ = ["CheckpointError", "load_checkpoint", "load_model", "make_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
@@ -76,7 +79,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def make_checkpoint(model: nn.Module, **extra: Any) -> dict[str, Any]:
-    """Plain-data checkpoint for inference from a Model; `extra` keys (epoch, optimizer, ...) override."""
+    """Plain-data checkpoint for inference from a Model; `extra` keys (epoch, optimizer, ...) override.
+    Pass option dicts through ``plain`` first; state dicts go in as they are."""
     ckpt = {
         "model": {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()},
         "model_yaml": copy.deepcopy(model.yaml),
@@ -86,10 +90,31 @@ def make_checkpoint(model: nn.Module, **extra: Any) -> dict[str, Any]:
         "epoch": -1,
         "best_fitness": None,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "version": CHECKPOINT_VERSION,
+        "version": __version__,
     }
     ckpt.update(extra)
     return ckpt
+
+
+def final_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's checkpoint: inference weights and metadata only, epoch -1."""
+    return {**{k: v for k, v in ckpt.items() if k not in RESUME_KEYS}, "epoch": -1}
+
+
+def plain(value: Any) -> Any:
+    """Paths -> str, tuples -> lists, numpy scalars -> Python, recursively, so the checkpoint loads with
+    weights_only=True. Tensors stay tensors."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool, torch.Tensor)):
+        return value
+    return str(value)
 
 
 def model_from_checkpoint(
@@ -108,7 +133,7 @@ def model_from_checkpoint(
         )
     try:
         model = Model(ckpt["model_yaml"], nc=ckpt.get("nc"), deploy=bool(ckpt["deploy"]))
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
+    except (ModelConfigError, TypeError, KeyError) as error:
         raise CheckpointError(
             f"{source} has an unusable model_yaml ({error}); re-save the checkpoint"
         ) from None

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import yaml
 
+from utils.errors import ConfigError, ConfigNotFoundError
 from utils.paths import ROOT
+
+UNIMPLEMENTED = ("copy_paste",)  # yolov5 hyperparameters this project does not implement
 
 
 @dataclass
@@ -44,20 +47,34 @@ class Hyp:
     fliplr: float = 0.5  # probability of a left-right flip
     mosaic: float = 1.0  # probability of a 4-image mosaic
     mixup: float = 0.0  # probability of mixup
-    copy_paste: float = 0.0  # accepted for yolov5 hyp files; not implemented
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "hyperparameters") -> Hyp:
+        """Typed values; yolov5 keys we do not implement are accepted only when they switch nothing on."""
+        values = dict(values)
+        for key in UNIMPLEMENTED:
+            if float(values.pop(key, 0.0) or 0.0) != 0.0:
+                raise ConfigError(
+                    f"{source}: {key} augmentation is not implemented; set {key} to 0 or remove it."
+                )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: unknown hyperparameter(s) {unknown}; known keys are {sorted(known)}."
             )
-        return cls(**{k: float(v) for k, v in values.items()})
+        typed = {}
+        for key, value in values.items():
+            try:
+                typed[key] = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"{source}: {key} is {value!r}, not a number; give it a numeric value."
+                ) from None
+        return cls(**typed)
 
 
 def load_hyp(path: str | Path | None = None) -> Hyp:
@@ -68,7 +85,12 @@ def load_hyp(path: str | Path | None = None) -> Hyp:
     if not path.exists() and (ROOT / "data" / "hyps" / path.name).exists():
         path = ROOT / "data" / "hyps" / path.name
     if not path.exists():
-        raise FileNotFoundError(f"Hyperparameter file {path} does not exist; pass a YAML from data/hyps/.")
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
+        raise ConfigNotFoundError(f"Hyperparameter file {path} does not exist; pass a YAML from data/hyps/.")
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML ({error}); fix its syntax.") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} is not a mapping of hyperparameter names to values; see data/hyps/.")
     return Hyp.from_dict(values, source=str(path))

@@ -24,7 +24,7 @@ if not __package__:
     raise SystemExit("Run this script from the repository root as: python -m data.scripts.get_coco")
 
 from utils.coco import convert_coco_json  # noqa: E402
-from utils.dataset import load_data_config  # noqa: E402
+from utils.data.config import load_data_config  # noqa: E402
 from utils.log import setup_logging  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)

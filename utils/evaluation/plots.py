@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from utils.metrics import CONF_GRID, RECALL_THRESHOLDS, ConfusionMatrix, DetectionMetrics
+from utils.evaluation.metrics import CONF_GRID, RECALL_THRESHOLDS, ConfusionMatrix, DetectionMetrics
 
 LOGGER = logging.getLogger(__name__)
 MAX_LEGEND_CLASSES = 20  # above this many classes, per-class curves are drawn grey and unlabeled

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from utils.device import select_device
+from utils.errors import WeightsError, WeightsNotFoundError
 
 LOGGER = logging.getLogger(__name__)
 
-LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.augment.letterbox, as a 0..1 value
+LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.data.preprocess.letterbox, as a 0..1 value
 
 
 class InferenceModel:
@@ -31,7 +32,7 @@ class InferenceModel:
         for, else None (any multiple of ``stride`` works). kind: "pytorch" or "onnx".
         deploy: whether the weights are the fused (re-parameterized) form.
         train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
-        detect.py uses it when --img is not given.
+        detection uses it when no image size is given.
     """
 
     kind = "base"
@@ -68,7 +69,7 @@ class TorchInferenceModel(InferenceModel):
 
 
 class OnnxInferenceModel(InferenceModel):
-    """An onnxruntime session over a graph exported by utils.export.export_onnx."""
+    """An onnxruntime session over a graph exported by utils.deploy.export.export_onnx."""
 
     kind = "onnx"
 
@@ -76,13 +77,19 @@ class OnnxInferenceModel(InferenceModel):
         import onnx
         import onnxruntime as ort
 
-        from utils.export import INPUT_NAME, read_metadata
+        from utils.deploy.export import INPUT_NAME, read_metadata
 
-        metadata = read_metadata(onnx.load(str(path), load_external_data=False))
+        try:
+            metadata = read_metadata(onnx.load(str(path), load_external_data=False))
+        except Exception as error:  # protobuf raises DecodeError, RuntimeError, ... for a broken file
+            LOGGER.debug("onnx.load(%s) failed: %s", path, error)
+            raise WeightsError(
+                f"{path} is corrupt or not an ONNX model; re-export it with convert.py."
+            ) from None
         if "names" not in metadata or "stride" not in metadata:
-            raise ValueError(
-                f"{path} has no class names or stride in its metadata; export it with "
-                f"`python convert.py --weights CHECKPOINT.pt --onnx`."
+            raise WeightsError(
+                f"{path} has no class names or stride in its metadata, so it was not exported by RepYOLO; "
+                "export the checkpoint with convert.py's ONNX option."
             )
         super().__init__(metadata["names"], metadata["stride"], device, bool(metadata.get("deploy", True)))
         providers = ["CPUExecutionProvider"]
@@ -120,9 +127,9 @@ class OnnxInferenceModel(InferenceModel):
         height, width = self.fixed_input_hw
         h, w = images.shape[-2:]
         if h > height or w > width:
-            raise ValueError(
-                f"{self.path} was exported for a fixed {height}x{width} input but got {h}x{w}; "
-                f"use --img {max(height, width)} or re-export with `convert.py --onnx --dynamic`."
+            raise WeightsError(
+                f"{self.path} was exported for a fixed {height}x{width} input but got {h}x{w}; use image "
+                f"size {max(height, width)} or re-export it with dynamic axes."
             )
         if (h, w) == (height, width):
             return images
@@ -141,7 +148,9 @@ def load_inference_model(
     path = Path(weights)
     device = select_device(device)
     if not path.is_file():
-        raise FileNotFoundError(f"weights {path} not found; pass an existing .pt checkpoint or .onnx file.")
+        raise WeightsNotFoundError(
+            f"weights {path} not found; pass an existing .pt checkpoint or .onnx file."
+        )
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         model = OnnxInferenceModel(path, device, threads)
@@ -153,6 +162,8 @@ def load_inference_model(
         recorded = (ckpt.get("opt") or {}).get("img_size")
         model.train_img_size = int(recorded) if recorded else None
     else:
-        raise ValueError(f"weights {path} are neither a .pt checkpoint nor an .onnx file; pass one of those.")
+        raise WeightsError(
+            f"weights {path} are neither a .pt checkpoint nor an .onnx file; pass one of those."
+        )
     LOGGER.debug("loaded %s (%s, %d classes, stride %d)", path, model.kind, model.nc, model.stride)
     return model

@@ -20,7 +20,12 @@ import onnx
 import torch
 from torch import nn
 
+from utils.deploy.timing import interleaved_latency
+from utils.errors import ConversionError
+
 LOGGER = logging.getLogger(__name__)
+
+MAX_ONNX_RELATIVE_ERROR = 1e-4  # a different runtime with different kernels: round-off only
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output"
@@ -152,3 +157,58 @@ def format_op_counts(counts: Counter, add_kinds: Counter) -> str:
     if "BatchNormalization" not in counts:
         parts.append("BatchNormalization 0")
     return ", ".join(parts)
+
+
+def export_and_check(
+    model: nn.Module, path: Path, images: torch.Tensor, opset: int, dynamic: bool, runs: int, threads: int = 0
+) -> dict:
+    """Export ONNX, compare onnxruntime with PyTorch on ``images``, count ops, time both at batch 1."""
+    from utils.deploy.backend import load_inference_model
+
+    img_hw = tuple(images.shape[-2:])
+    metadata = {
+        "names": list(model.names),
+        "nc": int(model.nc),
+        "stride": int(model.stride.max()),
+        "deploy": True,
+    }
+    export_onnx(model, path, img_hw, opset=opset, dynamic=dynamic, metadata=metadata)
+    graph = onnx.load(str(path))
+    counts, add_kinds = count_ops(graph), classify_add_nodes(graph)
+    session = load_inference_model(path, "cpu", threads=threads)
+    with torch.no_grad():
+        reference = model(images).cpu()
+    predicted = session(images.cpu())
+    max_abs = float((predicted - reference).abs().max())
+    max_rel = max_abs / max(float(reference.abs().max()), 1e-12)
+    shape = "dynamic (batch, 3, height, width)" if dynamic else f"static (1, 3, {img_hw[0]}, {img_hw[1]})"
+    print(f"ONNX {path} (opset {opset}, {shape}): onnx.checker passed")
+    print(f"  ops: {format_op_counts(counts, add_kinds)}")
+    print(f"  onnxruntime vs PyTorch: max abs error {max_abs:.3g}, max rel error {max_rel:.3g}")
+    if counts.get("BatchNormalization", 0) or add_kinds["branch"]:
+        raise ConversionError(
+            f"{path} still has {counts.get('BatchNormalization', 0)} BatchNormalization and "
+            f"{add_kinds['branch']} branch Add nodes; the model is not fully fused — report its config."
+        )
+    if not max_rel <= MAX_ONNX_RELATIVE_ERROR:
+        raise ConversionError(
+            f"onnxruntime output of {path} differs from PyTorch by relative error {max_rel:.3g} "
+            f"(limit {MAX_ONNX_RELATIVE_ERROR:g}); do not deploy it — try another ONNX opset."
+        )
+    single = images[:1]
+    latency = interleaved_latency(
+        {"pytorch": lambda: model(single), "onnxruntime": lambda: session(single.cpu())}, runs, threads
+    )
+    threads_used = f"{threads} thr" if threads else "default threads"
+    print(
+        f"  CPU latency, batch 1, {threads_used}: PyTorch fused {latency['pytorch']:.1f} ms, ONNX Runtime "
+        f"{latency['onnxruntime']:.1f} ms (ORT / PyTorch {latency['onnxruntime'] / latency['pytorch']:.2f}x)"
+    )
+    return {
+        "path": str(path),
+        "ops": dict(counts),
+        "add_kinds": dict(add_kinds),
+        "max_abs_error": max_abs,
+        "max_rel_error": max_rel,
+        "latency_ms": latency,
+    }

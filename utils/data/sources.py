@@ -1,4 +1,4 @@
-"""Inference sources for detect.py: an image, a folder, a glob, a .txt list of paths, or a video.
+"""Inference sources: an image, a folder, a glob, a .txt list of paths, or a video.
 
 ``LoadSources(source)`` resolves the source to a sorted list of files once, then yields one
 ``SourceItem`` per image or video frame, as a BGR uint8 array (H, W, 3) as OpenCV reads it.
@@ -16,7 +16,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from utils.dataset import IMAGE_SUFFIXES
+from utils.data.config import IMAGE_SUFFIXES, read_path_list
+from utils.errors import DataNotFoundError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,42 +53,28 @@ def _is_media(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def _files_from_txt(list_file: Path) -> list[Path]:
-    """Paths listed one per line; relative ones are taken from the list file's folder."""
-    files = []
-    for line in list_file.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line)
-        if not path.is_absolute() and not path.exists():
-            path = list_file.parent / path
-        files.append(path)
-    return files
-
-
 def resolve_source(source: str | Path) -> list[Path]:
     """Source -> the list of files to read, in order. Raises FileNotFoundError (one sentence)."""
     text = str(source)
     if any(char in text for char in "*?["):
         files = [Path(p) for p in sorted(glob.glob(text, recursive=True)) if _is_media(Path(p))]
         if not files:
-            raise FileNotFoundError(f"no image or video matches the pattern {text}; check the --source glob.")
+            raise DataNotFoundError(f"no image or video matches the pattern {text}; check the glob.")
         return files
     path = Path(text)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and _is_media(p))
         if not files:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"folder {path} holds no images or videos; pass a folder with some in it."
             )
         return files
     if not path.is_file():
-        raise FileNotFoundError(
-            f"--source {path} does not exist; pass an image, folder, glob, .txt list or video."
+        raise DataNotFoundError(
+            f"source {path} does not exist; pass an image, folder, glob, .txt list or video."
         )
     if path.suffix.lower() == ".txt":
-        return _files_from_txt(path)
+        return read_path_list(path)
     return [path]
 
 

@@ -1,7 +1,5 @@
-"""Datasets in yolov5's format: data YAML loading, image lists, the detection Dataset and its DataLoader.
+"""The detection Dataset over the images a data YAML names (see utils.data.config), and its DataLoader.
 
-A data YAML has ``path`` (optional root), ``train``/``val``/``test`` (each a folder of images, a .txt
-list of image paths, or a list of either), ``nc`` and ``names`` (a list, or a dict {index: name}).
 Labels are YOLO txt files found with label_file_for (``/images/`` -> ``/labels/``); an image with no
 label file or an empty one is a background image.
 """
@@ -12,140 +10,20 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from utils import augment
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
+from utils.data import augment, preprocess
+from utils.data.config import IMAGE_SUFFIXES, image_files_from_sources
+from utils.data.labels import check_classes, scan_files, summarize
+from utils.errors import DataError
 from utils.hyp import Hyp
-from utils.label_scan import check_classes, label_file_for, scan_files, summarize
-from utils.paths import ROOT
 
 LOGGER = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-BUNDLED_DATA = ROOT / "data" / "shapes.yaml"
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "LoadedDataset",
-    "collate",
-    "create_dataloader",
-    "image_files_from_sources",
-    "label_file_for",
-    "load_data_config",
-]
-
-
-def _resolve_root(data: dict, yaml_file: Path) -> Path:
-    """A relative ``path`` is tried next to the YAML, then from the repository root (yolov5's habit)."""
-    if not data.get("path"):
-        return yaml_file.parent
-    root = Path(data["path"]).expanduser()
-    if root.is_absolute():
-        return root
-    if "generate" in data:  # a generated dataset lives next to its YAML
-        return (yaml_file.parent / root).resolve()
-    for base in (yaml_file.parent, ROOT, Path.cwd()):
-        if (base / root).exists():
-            return (base / root).resolve()
-    return (ROOT / root).resolve()
-
-
-def _split_sources(value: Any, root: Path) -> list[str] | None:
-    if value is None:
-        return None
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return [
-        str(p if (p := Path(str(v)).expanduser()).is_absolute() else (root / p).resolve()) for v in values
-    ]
-
-
-def _class_names(data: dict, yaml_file: Path) -> tuple[int, list[str]]:
-    names = data.get("names")
-    if isinstance(names, dict):
-        names = [str(names[k]) for k in sorted(names, key=int)]
-    nc = data.get("nc", len(names) if names else None)
-    if nc is None:
-        raise ValueError(
-            f"{yaml_file}: neither 'nc' nor 'names' is given; add 'names: [...]' to the data YAML."
-        )
-    names = [str(n) for n in names] if names else [f"class{i}" for i in range(int(nc))]
-    if len(names) != int(nc):
-        raise ValueError(f"{yaml_file}: nc is {nc} but {len(names)} names are listed; make them agree.")
-    return int(nc), names
-
-
-def load_data_config(path: str | Path | None = None) -> dict:
-    """Load a data YAML; None means the bundled synthetic dataset (generated under data/shapes/ on first use).
-
-    A bare name that does not exist is looked up in data/. -> dict with "path", "train", "val", "test"
-    (absolute list[str] or None), "nc", "names" (list[str]), "yaml_file", plus any other YAML keys.
-    """
-    yaml_file = Path(path) if path is not None else BUNDLED_DATA
-    if not yaml_file.exists() and (ROOT / "data" / yaml_file.name).exists():
-        yaml_file = ROOT / "data" / yaml_file.name
-    if not yaml_file.is_file():
-        raise FileNotFoundError(
-            f"Data file {yaml_file} does not exist; pass a dataset YAML such as data/coco.yaml."
-        )
-    yaml_file = yaml_file.resolve()
-    try:
-        with open(yaml_file) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{yaml_file} is not valid YAML ({error}); fix the syntax.") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{yaml_file} must be a mapping with train/val/nc/names keys; see data/coco.yaml.")
-    root = _resolve_root(data, yaml_file)
-    if "generate" in data:  # the bundled synthetic dataset: create it on first use
-        from utils.synthetic import ensure_dataset
-
-        ensure_dataset(root, **data["generate"])
-    nc, names = _class_names(data, yaml_file)
-    for key in ("train", "val"):
-        if data.get(key) is None:
-            raise ValueError(f"{yaml_file}: the '{key}' key is missing; add the {key} image folder or list.")
-    config = dict(data)
-    config.update(
-        path=str(root),
-        train=_split_sources(data.get("train"), root),
-        val=_split_sources(data.get("val"), root),
-        test=_split_sources(data.get("test"), root),
-        nc=nc,
-        names=names,
-        yaml_file=str(yaml_file),
-    )
-    return config
-
-
-def image_files_from_sources(sources: str | Path | list) -> list[str]:
-    """Image files from folders (searched recursively), .txt lists (one path per line, relative to the
-    list's folder) and single image files. -> sorted absolute paths, duplicates removed."""
-    files: list[str] = []
-    for source in sources if isinstance(sources, (list, tuple)) else [sources]:
-        source = Path(source).expanduser()
-        if source.is_dir():
-            files += [str(p.resolve()) for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        elif source.is_file() and source.suffix.lower() == ".txt":
-            lines = [line.strip() for line in source.read_text().splitlines() if line.strip()]
-            files += [
-                str((source.parent / line).resolve())
-                for line in lines
-                if Path(line).suffix.lower() in IMAGE_SUFFIXES
-            ]
-        elif source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
-            files.append(str(source.resolve()))
-        else:
-            raise FileNotFoundError(
-                f"{source} is not an image folder, a .txt list of images or an image; "
-                "fix the path in the data YAML (or download the dataset first)."
-            )
-    return sorted(set(files))
 
 
 class LoadedDataset(Dataset):
@@ -174,7 +52,7 @@ class LoadedDataset(Dataset):
         self.rng = np.random.default_rng(seed)
         files = image_files_from_sources(sources)
         if not files:
-            raise ValueError(
+            raise DataError(
                 f"{prefix}no images ({', '.join(IMAGE_SUFFIXES)}) found in {sources}; fix the data paths."
             )
         entries, cache_file = scan_files(files)
@@ -182,7 +60,7 @@ class LoadedDataset(Dataset):
         summarize(entries, prefix, cache_file, verbose)
         usable = [e for e in entries if not e["error"]]
         if not usable:
-            raise ValueError(
+            raise DataError(
                 f"{prefix}no usable images in {sources} (all {len(entries)} are corrupt, see the warnings "
                 "above); fix or remove those files."
             )
@@ -200,7 +78,7 @@ class LoadedDataset(Dataset):
         if cache == "ram":
             self._cache_images(prefix, verbose)
         elif cache not in (None, "", False):
-            raise ValueError(f"cache={cache!r} is not supported; use 'ram' or leave it off.")
+            raise DataError(f"cache={cache!r} is not supported; use 'ram' or leave it off.")
 
     def _init_rect_batches(self, batch_size: int, pad: float) -> None:
         """Sort by aspect ratio; each batch gets the smallest stride-multiple shape holding its images."""
@@ -240,9 +118,7 @@ class LoadedDataset(Dataset):
         path = self.image_files[index]
         img = cv2.imread(path)
         if img is None:
-            raise FileNotFoundError(
-                f"{path} could not be read although the scan accepted it; check the file."
-            )
+            raise DataError(f"{path} could not be read although the scan accepted it; check the file.")
         h0, w0 = img.shape[:2]
         img = augment.resize_to_fit(img, self.img_size, self.augment)
         return img, (h0, w0), img.shape[:2]
@@ -298,7 +174,7 @@ class LoadedDataset(Dataset):
     def _load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
         img, (h0, w0), (h, w) = self.load_image(index)
         shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.img_size
-        img, (ratio_h, ratio_w), (pad_x, pad_y) = augment.letterbox(
+        img, (ratio_h, ratio_w), (pad_x, pad_y) = preprocess.letterbox(
             img, shape, auto=False, scaleup=self.augment
         )
         labels = self._pixel_labels(index, w * ratio_w, h * ratio_h, pad_x, pad_y)
@@ -327,7 +203,7 @@ class LoadedDataset(Dataset):
         targets = torch.zeros((len(labels_normalized), 6))
         if len(labels_normalized):
             targets[:, 1:] = torch.from_numpy(labels_normalized)
-        return augment.image_to_tensor(img), targets, self.image_files[index], shapes
+        return preprocess.image_to_tensor(img), targets, self.image_files[index], shapes
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
@@ -346,7 +222,7 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
             scale_x, scale_y = img.shape[2] / width, img.shape[1] / height
             target[:, [2, 4]] *= scale_x
             target[:, [3, 5]] *= scale_y
-            canvas = torch.full((3, height, width), augment.PAD_VALUE, dtype=img.dtype)
+            canvas = torch.full((3, height, width), preprocess.PAD_VALUE, dtype=img.dtype)
             canvas[:, : img.shape[1], : img.shape[2]] = img
             img = canvas
         padded.append(img)
@@ -372,12 +248,13 @@ def create_dataloader(
     shuffle: bool = False,
     cache: str | None = None,
     rank: int = -1,
+    world_size: int = 1,
     seed: int = 0,
     prefix: str = "",
     nc: int | None = None,
 ) -> tuple[DataLoader, LoadedDataset]:
-    """Build the dataset and its DataLoader (one batch: see collate). Under DDP (rank >= 0) a
-    DistributedSampler splits the data; call loader.sampler.set_epoch(epoch) each epoch."""
+    """Build the dataset and its DataLoader (one batch: see collate). Under DDP (rank >= 0, world_size
+    processes) a DistributedSampler splits the data; call loader.sampler.set_epoch(epoch) each epoch."""
     if rect and shuffle:
         LOGGER.warning(f"{prefix}rect batches need a fixed order; shuffle turned off.")
         shuffle = False
@@ -397,7 +274,7 @@ def create_dataloader(
         rank in (-1, 0),
     )
     batch_size = min(batch_size, len(dataset))
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if rank >= 0 else 1
+    world_size = world_size if rank >= 0 else 1
     workers = max(0, min(workers, (os.cpu_count() or 1) // world_size, math.ceil(len(dataset) / batch_size)))
     sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank >= 0 else None
     generator = torch.Generator()

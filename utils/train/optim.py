@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.errors import ConfigError
 from utils.hyp import Hyp
 
 LOGGER = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def build_optimizer(
     elif name == "AdamW":
         optimizer = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
-        raise ValueError(f"Unknown optimizer {name!r}; use --optimizer SGD or --optimizer AdamW.")
+        raise ConfigError(f"optimizer {name!r} is unknown; use 'SGD' or 'AdamW'.")
     optimizer.add_param_group({"params": weights, "weight_decay": weight_decay})
     optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
     LOGGER.info(
@@ -71,8 +72,8 @@ def lr_lambda(epochs: int, lrf: float, cosine: bool = False) -> Callable[[float]
 
 
 class EpochSchedule:
-    """Per-epoch LR: every group's lr = initial_lr * factor(epoch). Its state is plain data, and a
-    resumed run recomputes the LR from the epoch rather than replaying steps."""
+    """Per-epoch LR: every group's lr = initial_lr * factor(epoch). It keeps no state beyond the epoch: a
+    resumed run sets the epoch and so recomputes the LR rather than replaying steps."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, lrf: float, cosine: bool = False):
         self.optimizer = optimizer
@@ -87,12 +88,6 @@ class EpochSchedule:
         self.last_epoch = epoch
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * self.factor(epoch)
-
-    def state_dict(self) -> dict:
-        return {"last_epoch": self.last_epoch, "epochs": self.epochs, "lrf": self.lrf, "cosine": self.cosine}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(int(state["last_epoch"]))
 
 
 def warmup_iterations(hyp: Hyp, batches_per_epoch: int, epochs: int) -> int:

@@ -256,17 +256,3 @@ def _is_complete(root: Path, params: dict) -> bool:
         return False
     wanted = dict(written, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()})
     return all(written.get(k) == v for k, v in wanted.items())
-
-
-def write_samples(folder: str | Path, seed: int = 1234) -> list[Path]:
-    """The sample images committed in data/images/ (for detect.py): four 160x160 and one 256x160."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i, (width, height) in enumerate([(160, 160)] * 4 + [(256, 160)]):
-        image, _ = render_image(
-            np.random.default_rng([seed, i]), width, height, max_objects=5, min_object_size=14
-        )
-        files.append(folder / f"shapes{i}.jpg")
-        cv2.imwrite(str(files[-1]), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return files

@@ -4,7 +4,7 @@ BCE objectness with the IoU as target, BCE classification with label smoothing.
 The loss reads the anchors from the Detect head on every call, so anchors rewritten by
 AutoAnchor (or loaded from a checkpoint) are always the ones the targets are matched to.
 Gains (hyp.box, hyp.obj, hyp.cls) are used as given: the caller scales them for the number
-of levels, classes and image size (see train.py).
+of levels, classes and image size (see utils.train.trainer.scale_loss_gains).
 """
 
 from __future__ import annotations

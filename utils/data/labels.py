@@ -1,4 +1,5 @@
-"""Check every image and label file of a dataset once, report what is wrong, and cache the result.
+"""YOLO label files: where an image's labels live, the checked scan of a dataset's images and labels
+(reported once, cached), and the writer of predictions in the same format.
 
 Each image is checked (readable, not truncated, at least 10 px) and its YOLO label file parsed (five
 values per row, coordinates in [0, 1], no duplicate rows). The result is cached as JSON next to the
@@ -17,7 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from utils.boxes import box_xyxy_to_normxywh
 
 LOGGER = logging.getLogger(__name__)
 
@@ -195,3 +199,16 @@ def summarize(entries: list[dict], prefix: str, cache_file: Path | None, verbose
         LOGGER.info(
             f"{prefix}{len(entries)} images, {backgrounds} backgrounds, {corrupt} corrupt{advice}{source}"
         )
+
+
+def write_yolo_labels(
+    path: str | Path, detections: np.ndarray | torch.Tensor, original_hw: tuple[int, int], save_conf: bool
+) -> None:
+    """Write detections (n, 6) x1, y1, x2, y2 (original pixels), score, class as YOLO rows
+    'class cx cy w h [conf]', normalized to the original image (height, width), six decimals."""
+    boxes = box_xyxy_to_normxywh(detections[:, :4], original_hw[1], original_hw[0])
+    rows = []
+    for box, score, cls in zip(boxes.tolist(), detections[:, 4].tolist(), detections[:, 5].tolist()):
+        values = [f"{int(cls)}", *(f"{v:.6f}" for v in box)] + ([f"{score:.6f}"] if save_conf else [])
+        rows.append(" ".join(values) + "\n")
+    Path(path).write_text("".join(rows))

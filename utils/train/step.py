@@ -1,0 +1,89 @@
+"""The optimizer step as one object: gradient accumulation (ramped up during warmup), learning-rate and
+momentum warmup, the per-epoch schedule, AMP loss scaling, gradient clipping and the EMA update."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.hyp import Hyp
+from utils.train.ema import ModelEMA
+from utils.train.optim import EpochSchedule, apply_warmup
+
+GRAD_CLIP_NORM = 10.0
+
+
+class OptimizerStep:
+    """Call ``step(loss, iteration)`` once per batch: it back-propagates ``loss`` and, when enough batches
+    have accumulated, clips the gradients, steps the optimizer and updates the EMA.
+
+    Iterations are counted from the start of training (epoch * batches + i), so warmup and
+    accumulation continue seamlessly after a resume (pass the resumed ``last_step``).
+    loss_scale: multiplies the loss before backward; DDP averages gradients over ranks, so a
+    distributed run passes its world size to keep the per-image scale.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: EpochSchedule,
+        hyp: Hyp,
+        *,
+        accumulate: int,
+        warmup: int,
+        ema: ModelEMA | None = None,
+        amp: bool = False,
+        last_step: int = -1,
+        loss_scale: float = 1.0,
+    ):
+        self.model, self.optimizer, self.schedule, self.hyp, self.ema = model, optimizer, schedule, hyp, ema
+        self.accumulate, self.warmup, self.last_step, self.loss_scale = (
+            accumulate,
+            warmup,
+            last_step,
+            loss_scale,
+        )
+        self.device_type = next(model.parameters()).device.type
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=amp)
+        self.adamw = isinstance(optimizer, torch.optim.AdamW)
+        self.lr_factor = schedule.factor(schedule.last_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.schedule.set_epoch(epoch)
+        self.lr_factor = self.schedule.factor(epoch)
+
+    def autocast(self) -> torch.autocast:
+        """The forward pass's autocast context (active only with AMP)."""
+        return torch.autocast(device_type=self.device_type, enabled=self.scaler.is_enabled())
+
+    def __call__(self, loss: torch.Tensor, iteration: int) -> bool:
+        """Back-propagate ``loss`` of batch ``iteration``; returns whether the optimizer stepped."""
+        step_every = self.accumulate
+        if iteration <= self.warmup:
+            apply_warmup(
+                self.optimizer,
+                iteration,
+                self.warmup,
+                self.lr_factor,
+                self.hyp,
+                "AdamW" if self.adamw else "SGD",
+            )
+            step_every = max(1, round(float(np.interp(iteration, [0, self.warmup], [1, self.accumulate]))))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {iteration}; lower lr0 in the hyp file."
+            )
+        self.scaler.scale(loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
+        if iteration - self.last_step < step_every:
+            return False
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=GRAD_CLIP_NORM)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.last_step = iteration
+        return True

@@ -1,0 +1,386 @@
+"""A training run: ``train(options)`` builds the model, data and optimization from resolved options, runs
+the epochs with per-epoch validation and checkpoints, then validates best.pt. train.py parses the
+command line into ``TrainOptions``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from models.yolo import Model
+from utils.checkpoint import (
+    final_checkpoint,
+    load_checkpoint,
+    load_model,
+    make_checkpoint,
+    plain,
+    save_checkpoint,
+)
+from utils.data.config import load_data_config
+from utils.data.dataset import create_dataloader
+from utils.data.preprocess import check_img_size
+from utils.deploy.backend import TorchInferenceModel
+from utils.device import init_seeds, select_device
+from utils.errors import CheckpointError, ConfigError
+from utils.evaluation.evaluate import EvaluationResult, evaluate
+from utils.evaluation.metrics import fitness
+from utils.evaluation.plots import plot_results
+from utils.hyp import Hyp, load_hyp
+from utils.paths import increment_path
+from utils.plots import plot_batch, plot_labels
+from utils.train.autoanchor import check_anchors
+from utils.train.distributed import DistributedContext, broadcast_flag, init_distributed, main_process_first
+from utils.train.ema import ModelEMA, unwrap_model
+from utils.train.epoch import train_one_epoch
+from utils.train.loss import YoloLoss
+from utils.train.optim import (
+    MIN_STEPS_PER_EPOCH,
+    EpochSchedule,
+    accumulation_steps,
+    build_optimizer,
+    scaled_weight_decay,
+    warmup_iterations,
+)
+from utils.train.options import TrainOptions, resume_options
+from utils.train.results import EarlyStopping, ResultsTable, row_fitness
+from utils.train.step import OptimizerStep
+
+LOGGER = logging.getLogger(__name__)
+
+
+def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
+    """Train; returns {"save_dir", "best", "last", "epochs_done", "finished", "best_fitness",
+    "final" (the evaluation of best.pt, see utils.evaluation.evaluate.EvaluationResult.to_dict)}.
+
+    stop_after_epochs: end this process after that many epochs as if it were interrupted (last.pt
+    stays resumable); for tests of resuming.
+    """
+    context = DistributedContext.from_environment()
+    if "," in str(options.device) and not context.distributed:
+        LOGGER.warning(
+            f"device {options.device} lists several GPUs but this is one process, using the first; launch "
+            f"with torchrun --nproc_per_node {len(str(options.device).split(','))} to use all."
+        )
+    device = init_distributed(context, select_device(options.device, context.local_rank))
+    resume_ckpt, save_dir = None, None
+    if options.resume:
+        options, resume_ckpt, resume_path = resume_options(options)
+        save_dir = resume_path.parent.parent
+    with main_process_first(context):
+        data_config = load_data_config(options.data)
+    options = options.resolve(data_config)
+    if resume_ckpt is None and context.is_main:
+        save_dir = increment_path(Path(options.project) / options.name, options.exist_ok)
+    init_seeds(options.seed + 1 + context.rank)
+    trainer = Trainer(options, data_config, context, device, save_dir, resume_ckpt)
+    try:
+        return trainer.train(stop_after_epochs)
+    finally:
+        if context.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def scale_loss_gains(hyp: Hyp, nl: int, nc: int, img_size: int) -> Hyp:
+    """The hyp file's gains are tuned for 3 levels, 80 classes and 640 px; rescale them (yolov5's rule):
+    box x 3/nl, cls x nc/80 x 3/nl, obj x (img/640)^2 x 3/nl (objectness count grows with the image area)."""
+    levels = 3 / nl
+    return dataclasses.replace(
+        hyp,
+        box=hyp.box * levels,
+        cls=hyp.cls * nc / 80 * levels,
+        obj=hyp.obj * (img_size / 640) ** 2 * levels,
+    )
+
+
+def build_model(options: TrainOptions, nc: int, names: list[str], resume_ckpt: dict | None) -> Model:
+    """A model from the cfg, the resumed run, or weights (transferred by matching names and shapes)."""
+    if resume_ckpt is not None:
+        model = Model(resume_ckpt["model_yaml"], nc=nc)
+        model.load_state_dict(resume_ckpt["raw_model"])
+    elif options.weights:
+        model = _transfer_weights(options.weights, options.cfg, nc)
+    elif options.cfg:
+        model = Model(options.cfg, nc=nc)
+    else:
+        raise ConfigError(
+            "no model given; name a model YAML as cfg (e.g. repyolov5s.yaml) or a checkpoint as weights."
+        )
+    model.names = list(names)
+    if options.freeze > 0:
+        prefixes = tuple(f"model.{i}." for i in range(options.freeze))
+        frozen = 0
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(not name.startswith(prefixes))
+            frozen += not parameter.requires_grad
+        LOGGER.info(f"Froze the first {options.freeze} layers ({frozen} parameter tensors).")
+    return model
+
+
+def _transfer_weights(weights: str, cfg: str, nc: int) -> Model:
+    source = load_checkpoint(weights)
+    if source.get("deploy"):
+        raise CheckpointError(
+            f"{weights} is a fused (deploy) checkpoint, which cannot be trained; start from the "
+            "training-form checkpoint instead (e.g. best.pt, not best_fused.pt)."
+        )
+    model = Model(cfg or source["model_yaml"], nc=nc)
+    own = model.state_dict()
+    # with a cfg the anchors are the cfg's; without, the checkpoint's (possibly evolved by AutoAnchor)
+    matched = {
+        k: v
+        for k, v in source["model"].items()
+        if k in own and v.shape == own[k].shape and not (cfg and k.endswith(".anchors"))
+    }
+    model.load_state_dict(matched, strict=False)
+    LOGGER.info(f"Transferred {len(matched)}/{len(own)} items from {weights}")
+    return model
+
+
+class Trainer:
+    """One training run: __init__ builds everything, train() runs the epochs and the final validation."""
+
+    def __init__(
+        self,
+        options: TrainOptions,
+        data: dict,
+        context: DistributedContext,
+        device: torch.device,
+        save_dir: Path | None,
+        resume_ckpt: dict | None = None,
+    ):
+        self.options, self.data, self.context, self.device = options, data, context, device
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.resumed = resume_ckpt is not None
+        self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(options.hyp)
+        model = build_model(options, data["nc"], data["names"], resume_ckpt)
+        self.model = model.to(device, memory_format=torch.channels_last)  # see utils.train.epoch.train_step
+        self.img_size = check_img_size(options.img_size, max(int(self.model.stride.max()), 32))
+        if options.batch_size % context.world_size:
+            raise ConfigError(
+                f"batch_size {options.batch_size} is not a multiple of the {context.world_size} processes; "
+                "make it one."
+            )
+        if context.is_main:
+            self._write_run_files()
+        self._build_data()
+        if context.is_main and not self.resumed:
+            self._check_dataset_and_anchors()
+        self._build_optimization(resume_ckpt)
+
+    def _write_run_files(self) -> None:
+        (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
+        with open(self.save_dir / "hyp.yaml", "w") as f:
+            yaml.safe_dump(self.hyp.to_dict(), f, sort_keys=False)
+        with open(self.save_dir / "opt.yaml", "w") as f:
+            yaml.safe_dump(self.options.to_dict(), f, sort_keys=False)
+        LOGGER.info("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in self.hyp.to_dict().items()))
+
+    def _build_data(self) -> None:
+        options, context, stride = self.options, self.context, int(self.model.stride.max())
+        per_rank_batch = options.batch_size // context.world_size
+        common = dict(workers=options.workers, cache=options.cache, nc=self.data["nc"])
+        self.train_loader, self.train_set = create_dataloader(
+            self.data["train"], self.img_size, per_rank_batch, stride, self.hyp, augment=True, shuffle=True,
+            rank=context.rank, world_size=context.world_size, seed=options.seed, prefix="train: ", **common,
+        )  # fmt: skip
+        self.val_loader = None
+        if context.is_main:
+            self.val_loader, _ = create_dataloader(
+                self.data["val"], self.img_size, per_rank_batch * 2, stride, None, rect=True, pad=0.5,
+                prefix="val: ", **common,
+            )  # fmt: skip
+
+    def _check_dataset_and_anchors(self) -> None:
+        plot_labels(self.train_set.labels, self.data["names"], self.save_dir / "labels.jpg")
+        detect = self.model.detect
+        labels, shapes = self.train_set.labels, self.train_set.shapes
+        if check_anchors(detect, labels, shapes, self.img_size, self.hyp.anchor_t, seed=self.options.seed):
+            self.model.yaml["anchors"] = [
+                [round(v, 2) for v in row] for row in detect.anchors.view(detect.nl, -1).tolist()
+            ]
+
+    def _build_optimization(self, resume_ckpt: dict | None) -> None:
+        options, hyp = self.options, self.hyp
+        self.batches = len(self.train_loader)
+        accumulate = accumulation_steps(options.batch_size, self.batches)
+        weight_decay = scaled_weight_decay(hyp.weight_decay, options.batch_size, accumulate)
+        LOGGER.info(
+            f"Gradient accumulation: {accumulate} batch(es) of {options.batch_size} per optimizer step "
+            f"(towards a nominal batch of 64, capped so each epoch of {self.batches} batches keeps at least "
+            f"{MIN_STEPS_PER_EPOCH} steps); weight_decay scaled to {weight_decay:.3g}."
+        )
+        optimizer = build_optimizer(self.model, options.optimizer, hyp.lr0, hyp.momentum, weight_decay)
+        schedule = EpochSchedule(optimizer, options.epochs, hyp.lrf, options.cos_lr)
+        ema = ModelEMA(self.model) if self.context.is_main else None
+        self.start_epoch, self.best_fitness = 0, 0.0
+        if resume_ckpt is not None:
+            optimizer.load_state_dict(resume_ckpt["optimizer"])
+            self.start_epoch = resume_ckpt["epoch"] + 1
+            self.best_fitness = float(resume_ckpt.get("best_fitness") or 0.0)
+            if ema is not None:
+                ema.ema.load_state_dict(resume_ckpt["model"])
+                ema.updates = int(resume_ckpt["ema_updates"])
+        gains = scale_loss_gains(hyp, self.model.detect.nl, self.data["nc"], self.img_size)
+        LOGGER.info(
+            f"loss gains scaled for {self.img_size} px, {self.data['nc']} classes: "
+            f"box={gains.box:.4g}, obj={gains.obj:.4g}, cls={gains.cls:.4g}"
+        )
+        self.loss_fn = YoloLoss(self.model.detect, gains)
+        if self.context.distributed:
+            if options.sync_bn and self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            elif options.sync_bn:
+                LOGGER.warning("SyncBatchNorm needs CUDA; training with per-process BatchNorm on CPU.")
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(
+                self.model, device_ids=ids, output_device=ids[0] if ids else None
+            )
+        self.step = OptimizerStep(
+            self.model, optimizer, schedule, hyp, accumulate=accumulate,
+            warmup=warmup_iterations(hyp, self.batches, options.epochs), ema=ema,
+            amp=self.device.type == "cuda", last_step=self.start_epoch * self.batches - 1,
+            loss_scale=self.context.world_size,
+        )  # fmt: skip
+
+    def train(self, stop_after_epochs: int | None = None) -> dict:
+        """Run the remaining epochs; returns the run summary (see ``train``)."""
+        epochs, main = self.options.epochs, self.context.is_main
+        table = ResultsTable(self.save_dir / "results.csv") if main else None
+        stopper = EarlyStopping(self.options.patience)
+        elapsed_before = 0.0
+        if main and self.resumed:
+            table.truncate(self.start_epoch)
+            elapsed_before = self._restore_history(table, stopper)
+        start_time, epoch = time.time(), self.start_epoch - 1
+        if main:
+            LOGGER.info(
+                f"Image size {self.img_size}, {self.batches} batches per epoch, results in {self.save_dir}\n"
+                f"Starting training for {epochs} epochs (from epoch {self.start_epoch + 1})..."
+            )
+        for epoch in range(self.start_epoch, epochs):
+            if self.context.distributed:
+                self.train_loader.sampler.set_epoch(epoch)
+            mean_loss = train_one_epoch(
+                self.model, self.train_loader, self.loss_fn, self.step, epoch, epochs,
+                show_progress=main, on_first_batch=self._plot_first_batch if main and epoch == 0 else None,
+            )  # fmt: skip
+            stop = False
+            if main:
+                stop = self._end_epoch(
+                    epoch, mean_loss, table, stopper, elapsed_before + time.time() - start_time
+                )
+            if stop_after_epochs is not None and epoch + 1 - self.start_epoch >= stop_after_epochs:
+                LOGGER.info(f"Stopping after epoch {epoch + 1} as asked; the run can be resumed.")
+                return self._summary(epoch, finished=False)
+            if broadcast_flag(self.context, stop):
+                break
+        if main:
+            self._finish(epoch, elapsed_before + time.time() - start_time)
+        return self._summary(epoch, finished=True)
+
+    def _plot_first_batch(self, images: torch.Tensor, targets: torch.Tensor, paths: list) -> None:
+        plot_batch(images, targets, paths, self.save_dir / "train_batch0.jpg", names=self.data["names"])
+
+    def _restore_history(self, table: ResultsTable, stopper: EarlyStopping) -> float:
+        """Early-stopping state and elapsed time from the rows of the epochs already done."""
+        rows = table.rows()
+        for row in rows:
+            stopper.best_fitness, stopper.best_epoch = max(
+                (stopper.best_fitness, stopper.best_epoch), (row_fitness(row), int(row["epoch"]))
+            )
+        return float(rows[-1]["time"]) if rows else 0.0
+
+    def _validate(self, model: nn.Module, save_dir: Path | None = None) -> EvaluationResult:
+        """Evaluate on the validation split; with save_dir (the final validation) per-class rows, plots and
+        metrics.json too."""
+        result = evaluate(TorchInferenceModel(model, self.device), self.val_loader, self.data["names"])
+        result.log(verbose=save_dir is not None)
+        if save_dir is not None:
+            result.save(save_dir)
+            LOGGER.info("Results saved to %s", save_dir)
+        return result
+
+    def _end_epoch(
+        self, epoch: int, mean_loss: torch.Tensor, table: ResultsTable, stopper: EarlyStopping, elapsed: float
+    ) -> bool:
+        """Validate the EMA model, log the row, save last.pt (and best.pt); returns whether to stop."""
+        ema = self.step.ema
+        lrs = [group["lr"] for group in self.step.optimizer.param_groups]
+        ema.copy_attributes(self.model)
+        result = self._validate(ema.ema)
+        map50, map50_95 = result.map50, result.map50_95
+        current = fitness(map50, map50_95)
+        table.append(
+            {
+                "epoch": epoch,
+                "train/box_loss": mean_loss[0].item(),
+                "train/obj_loss": mean_loss[1].item(),
+                "train/cls_loss": mean_loss[2].item(),
+                "metrics/precision": result.precision,
+                "metrics/recall": result.recall,
+                "metrics/mAP_0.5": map50,
+                "metrics/mAP_0.5:0.95": map50_95,
+                "x/lr0": lrs[0],
+                "x/lr1": lrs[1],
+                "x/lr2": lrs[2],
+                "time": round(elapsed, 1),
+            }
+        )
+        is_best = current >= self.best_fitness
+        self.best_fitness = max(self.best_fitness, current)
+        ckpt = self._checkpoint(epoch, {"mAP50": map50, "mAP50_95": map50_95})
+        save_checkpoint(ckpt, self.save_dir / "weights" / "last.pt")
+        if is_best:
+            save_checkpoint(ckpt, self.save_dir / "weights" / "best.pt")
+        return stopper(epoch, current)
+
+    def _checkpoint(self, epoch: int, results: dict) -> dict:
+        """Everything a resume needs; "model" holds the EMA weights used for inference."""
+        raw = unwrap_model(self.model)
+        return make_checkpoint(
+            self.step.ema.ema,
+            epoch=int(epoch),
+            best_fitness=float(self.best_fitness),
+            raw_model={k: v.detach().clone() for k, v in raw.state_dict().items()},
+            optimizer=self.step.optimizer.state_dict(),
+            ema_updates=int(self.step.ema.updates),
+            hyp=self.hyp.to_dict(),
+            opt=self.options.to_dict(),
+            data=plain(self.data),
+            results=results,
+        )
+
+    def _finish(self, epoch: int, elapsed: float) -> None:
+        """Strip the resume state from the checkpoints, validate best.pt with plots, plot results.csv."""
+        weights = self.save_dir / "weights"
+        LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {elapsed / 3600:.3f} hours.")
+        for name in ("last.pt", "best.pt"):
+            if (weights / name).exists():
+                save_checkpoint(final_checkpoint(load_checkpoint(weights / name)), weights / name)
+        if (weights / "best.pt").exists():
+            LOGGER.info(f"Validating {weights / 'best.pt'}...")
+            model, _ = load_model(weights / "best.pt", self.device)
+            self.final_metrics = self._validate(model, save_dir=self.save_dir).to_dict()
+        else:
+            LOGGER.info(f"Results saved to {self.save_dir}")
+        plot_results(self.save_dir / "results.csv")
+
+    def _summary(self, epoch: int, finished: bool) -> dict:
+        weights = self.save_dir / "weights" if self.save_dir else None
+        return {
+            "save_dir": self.save_dir,
+            "last": weights / "last.pt" if weights else None,
+            "best": weights / "best.pt" if weights else None,
+            "epochs_done": epoch + 1,
+            "finished": finished,
+            "best_fitness": self.best_fitness,
+            "final": getattr(self, "final_metrics", None),
+        }
