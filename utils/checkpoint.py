@@ -48,13 +48,14 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load(weights_only=True) with one-sentence CheckpointError messages for unusable files."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load(weights_only=True) onto the CPU, with one-sentence CheckpointError messages for
+    unusable files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; check the path (or train one with train.py)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "unsupported global" in str(error).lower():  # a pickled class, e.g. a whole nn.Module
             raise CheckpointError(

@@ -43,14 +43,11 @@ def select_device(device: str | int | torch.device = "", local_rank: int = -1) -
     return torch.device(f"cuda:{index}")
 
 
-def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+def init_seeds(seed: int = 0) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def time_sync() -> float:

@@ -20,7 +20,7 @@ def increment_path(path: str | Path, exist_ok: bool = False) -> Path:
     return path
 
 
-def latest_run(pattern: str = "runs/train/*/weights/last.pt") -> Path | None:
-    """The most recently written file matching the glob, relative to the current directory."""
-    candidates = sorted(Path().glob(pattern), key=lambda p: p.stat().st_mtime)
+def latest_run() -> Path | None:
+    """The most recently written runs/train/*/weights/last.pt under the current directory."""
+    candidates = sorted(Path().glob("runs/train/*/weights/last.pt"), key=lambda p: p.stat().st_mtime)
     return candidates[-1] if candidates else None

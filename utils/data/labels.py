@@ -153,18 +153,16 @@ def _write_cache(cache_file: Path, file_hash: str, entries: list[dict]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def scan_files(image_files: list[str], use_cache: bool = True) -> tuple[list[dict], Path | None]:
+def scan_files(image_files: list[str]) -> tuple[list[dict], Path | None]:
     """Check every image and its label file, through the cache. -> (entries, cache file if read)."""
     cache_file = cache_file_for(image_files)
     file_hash = files_hash(image_files)
-    if use_cache:
-        entries = _read_cache(cache_file, file_hash)
-        if entries is not None and [e["image"] for e in entries] == image_files:
-            return entries, cache_file
+    entries = _read_cache(cache_file, file_hash)
+    if entries is not None and [e["image"] for e in entries] == image_files:
+        return entries, cache_file
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         entries = list(pool.map(_check_pair, image_files, chunksize=64))
-    if use_cache:
-        _write_cache(cache_file, file_hash, entries)
+    _write_cache(cache_file, file_hash, entries)
     return entries, None
 
 

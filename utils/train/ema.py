@@ -46,9 +46,10 @@ class ModelEMA:
             else:
                 value.copy_(source[name])
 
-    def copy_attributes(self, model: nn.Module, names: tuple[str, ...] = ("names", "nc", "yaml")) -> None:
-        """Keep non-tensor attributes (class names, ...) in step with the trained model."""
+    def copy_attributes(self, model: nn.Module) -> None:
+        """Keep the non-tensor attributes (class names, nc, the YAML with its anchors) in step with the
+        trained model."""
         model = unwrap_model(model)
-        for name in names:
+        for name in ("names", "nc", "yaml"):
             if hasattr(model, name):
                 setattr(self.ema, name, deepcopy(getattr(model, name)))

@@ -1,0 +1,91 @@
+"""A user's mistake ends in one sentence naming the file or value and the fix, and exit status 2; the
+library raises typed errors (utils.errors) and never ends the process itself."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+import torch
+
+import convert
+import detect
+import train
+import val
+from tests.helpers import make_tiny_dataset
+from utils.paths import ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("errors")
+    data_yaml, model_yaml = make_tiny_dataset(root, train_images=4, val_images=2)
+    corrupt = root / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    foreign = root / "foreign.pt"
+    torch.save({"epoch": 3, "weights": {"w": torch.zeros(1)}}, foreign)
+    return root, data_yaml, model_yaml, corrupt, foreign
+
+
+def one_sentence(capsys, exit_info, *expected: str) -> str:
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err and all(text in last for text in expected), err
+    return last
+
+
+def test_train_user_errors_are_one_sentence(tiny, capsys):
+    root, data_yaml, model_yaml, corrupt, foreign = tiny
+    common = ["--project", str(root / "runs"), "--img", "64", "--epochs", "1", "--device", "cpu"]
+    cases = [
+        (
+            ["--cfg", str(model_yaml), "--data", str(root / "missing.yaml")],
+            ("train.py:", "missing.yaml does not exist"),
+        ),
+        (["--weights", str(corrupt), "--data", str(data_yaml)], ("corrupt.pt is corrupt",)),
+        (["--weights", str(foreign), "--data", str(data_yaml)], ("foreign.pt lacks the keys",)),
+        (["--resume", str(root / "nowhere" / "last.pt")], ("last.pt: checkpoint not found",)),
+        (
+            ["--cfg", "nosuchmodel.yaml", "--data", str(data_yaml)],
+            ("model config 'nosuchmodel.yaml' not found",),
+        ),
+        (["--cfg", str(model_yaml), "--data", str(data_yaml), "--device", "7"], ("device 7",)),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(argv + common if "--resume" not in argv else argv)
+        one_sentence(capsys, exit_info, *expected)
+
+
+def test_val_detect_convert_user_errors_are_one_sentence(tiny, capsys):
+    root, data_yaml, _model_yaml, corrupt, foreign = tiny
+    fake_onnx = root / "fake.onnx"
+    fake_onnx.write_bytes(b"\x00\x01 not a protobuf")
+    scripts = [
+        (val.main, ["--weights", str(corrupt), "--data", str(data_yaml)], ("val.py:", "corrupt.pt")),
+        (val.main, ["--weights", str(fake_onnx), "--data", str(data_yaml)], ("fake.onnx is corrupt",)),
+        (detect.main, ["--weights", str(foreign), "--source", str(root)], ("detect.py:", "foreign.pt")),
+        (convert.main, ["--weights", str(corrupt)], ("convert.py:", "corrupt.pt")),
+    ]
+    for main, argv, expected in scripts:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        one_sentence(capsys, exit_info, *expected)
+
+
+def test_library_never_exits_the_process():
+    """No SystemExit or sys.exit under models/ and utils/ (a module's own `__main__` block aside)."""
+    for path in sorted([*(ROOT / "utils").rglob("*.py"), *(ROOT / "models").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        main_blocks = {
+            id(node)
+            for node in tree.body
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        }
+        for node in tree.body:
+            if id(node) in main_blocks:
+                continue
+            for inner in ast.walk(node):
+                text = ast.unparse(inner) if isinstance(inner, (ast.Raise, ast.Call)) else ""
+                assert "SystemExit" not in text and "sys.exit" not in text, f"{path}: {text}"
