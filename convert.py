@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from utils.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.data.preprocess import check_img_size
 from utils.deploy.export import export_and_check
 from utils.deploy.fuse import (
     MAX_RELATIVE_ERROR,
@@ -26,7 +27,7 @@ from utils.deploy.fuse import (
     verification_input,
 )
 from utils.device import select_device
-from utils.errors import USER_ERRORS, ConversionError
+from utils.errors import USER_ERRORS, CheckpointError, ConversionError
 from utils.log import setup_logging
 
 LOGGER = logging.getLogger(__name__)
@@ -68,6 +69,27 @@ def default_output(weights: Path) -> Path:
     return weights.with_name(f"{weights.stem}_fused.pt")
 
 
+def check_output(output: Path, weights: Path) -> None:
+    """Refuse an output that would replace the input or a file that is not an earlier fused checkpoint
+    (a training checkpoint, say); an earlier fused checkpoint is replaced, with a word."""
+    if output.resolve() == weights.resolve():
+        raise ConversionError(
+            f"--output {output} is the input checkpoint itself, which converting would replace; "
+            "choose another --output (default: <stem>_fused.pt beside the input)."
+        )
+    if output.exists():
+        try:
+            previous = load_checkpoint(output)
+        except CheckpointError:
+            previous = {}
+        if not previous.get("deploy"):
+            raise ConversionError(
+                f"--output {output} already exists and is not a fused checkpoint, so it would be lost; "
+                "choose another --output or move that file."
+            )
+        LOGGER.warning("Replacing the earlier fused checkpoint %s.", output)
+
+
 def run(
     weights: str | Path,
     output: str | Path | None = None,
@@ -92,13 +114,16 @@ def run(
         report = {"status": "already fused", "weights": str(weights), "output": None}
         if onnx:
             model = model_from_checkpoint(ckpt).to(device).float().eval()
+            img_size = check_img_size(img_size, int(model.stride.max()))
             images = verification_input(ckpt, img_size, device)[0]
             report["onnx"] = export_and_check(
                 model, weights.with_suffix(".onnx"), images, opset, dynamic, runs, threads
             )
         return report
     output = Path(output) if output else default_output(weights)
+    check_output(output, weights)
     result = fuse_and_verify(ckpt, img_size, device)
+    img_size = result["img_size"]
     if not result["rel"] <= MAX_RELATIVE_ERROR:
         raise ConversionError(
             f"fused model of {weights} differs from the training form by relative error {result['rel']:.3g} "
@@ -106,7 +131,12 @@ def run(
             f"statistics for NaN/inf or report the model config."
         )
     carried = {key: ckpt[key] for key in CARRIED_KEYS if key in ckpt}
-    save_checkpoint(make_checkpoint(result["fused"], **carried, converted_from=str(weights)), output)
+    try:
+        save_checkpoint(make_checkpoint(result["fused"], **carried, converted_from=str(weights)), output)
+    except OSError as error:
+        raise ConversionError(
+            f"cannot write {output} ({error.strerror or error}); pass an --output in a writable folder."
+        ) from None
     report = fusion_report(result, weights, output, img_size, runs, threads)
     print(format_report(report))
     print(f"Saved the fused checkpoint to {output}")

@@ -15,7 +15,7 @@ from tests.helpers import color_mask, draw_rectangles, iou, mask_box
 from utils.boxes import box_normxywh_to_xyxy, scale_boxes_to_original
 from utils.data.config import image_files_from_sources, load_data_config
 from utils.data.dataset import LoadedDataset, create_dataloader
-from utils.data.labels import label_file_for
+from utils.data.labels import CACHE_VERSION, label_file_for
 from utils.hyp import Hyp
 from utils.plots import plot_batch, plot_labels
 
@@ -144,7 +144,7 @@ def test_cache_is_json_and_rebuilt_when_a_file_changes(rect_dataset, caplog):
     images = rect_dataset / "images/train"
     LoadedDataset(images, img_size=64)
     cache_file = rect_dataset / "labels/train.cache.json"
-    assert json.loads(cache_file.read_text())["version"] == 1
+    assert json.loads(cache_file.read_text())["version"] == CACHE_VERSION
     with caplog.at_level(logging.INFO):
         LoadedDataset(images, img_size=64)
     assert "labels cached in" in caplog.text

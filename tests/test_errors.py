@@ -37,7 +37,7 @@ def one_sentence(capsys, exit_info, *expected: str) -> str:
 
 def test_train_user_errors_are_one_sentence(tiny, capsys):
     root, data_yaml, model_yaml, corrupt, foreign = tiny
-    common = ["--project", str(root / "runs"), "--img", "64", "--epochs", "1", "--device", "cpu"]
+    common = ["--project", str(root / "runs"), "--img", "64", "--epochs", "1"]
     cases = [
         (
             ["--cfg", str(model_yaml), "--data", str(root / "missing.yaml")],
@@ -53,8 +53,11 @@ def test_train_user_errors_are_one_sentence(tiny, capsys):
         (["--cfg", str(model_yaml), "--data", str(data_yaml), "--device", "7"], ("device 7",)),
     ]
     for argv, expected in cases:
+        argv = argv if "--resume" in argv else argv + common
+        if "--device" not in argv:
+            argv += ["--device", "cpu"]
         with pytest.raises(SystemExit) as exit_info:
-            train.main(argv + common if "--resume" not in argv else argv)
+            train.main(argv)
         one_sentence(capsys, exit_info, *expected)
 
 

@@ -3,7 +3,8 @@
 A checkpoint dict holds "model" (state dict to infer with), "model_yaml" (dict), "nc", "names",
 "deploy", "epoch" (-1 when final), "best_fitness", "date", "version", and for training runs
 "hyp", "opt", "data", "results", plus what a resume needs until the run finishes: "raw_model",
-"optimizer", "ema_updates". ``make_checkpoint`` is the one builder; the trainer and convert.py add keys.
+"optimizer", "ema_updates" and "finishing" (the epochs are done; only the end-of-run step remains).
+``make_checkpoint`` is the one builder; the trainer and convert.py add keys.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +23,19 @@ from torch import nn
 from models.errors import ModelConfigError
 from utils import __version__
 from utils.errors import CheckpointError
+from utils.paths import atomic_open
 
 LOGGER = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "model_yaml", "deploy")
-RESUME_KEYS = ("raw_model", "optimizer", "ema_updates")  # dropped when the run finishes
+RESUME_KEYS = ("raw_model", "optimizer", "ema_updates", "finishing")  # dropped when the run finishes
 __all__ = ["CheckpointError", "load_checkpoint", "load_model", "make_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
-    """Write `ckpt` with torch.save atomically: temp file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(ckpt, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``ckpt`` with torch.save atomically (see utils.paths.atomic_open)."""
+    with atomic_open(path, "wb") as file:
+        torch.save(ckpt, file)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 
 from utils.boxes import box_xyxy_to_normxywh
+from utils.paths import atomic_open
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MIN_IMAGE_SIZE = 10
 COORD_EPS = 1e-3  # tolerated rounding outside [0, 1]
 _ROTATED_EXIF = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -84,6 +85,9 @@ def _parse_labels(label_file: str) -> tuple[list[list[float]], str, str]:
         return [], "label file has a non-numeric value", ""
     if not len(labels):
         return [], "", ""
+    bad = np.nonzero(~np.isfinite(labels).all(1))[0]
+    if len(bad):  # NaN fails every range comparison below, so it must be caught first
+        return [], f"label row {bad[0] + 1} has a value that is not a finite number (nan or inf)", ""
     classes, coords = labels[:, 0], labels[:, 1:]
     bad = np.nonzero((classes < 0) | (classes != np.round(classes)))[0]
     if len(bad):
@@ -106,9 +110,17 @@ def _parse_labels(label_file: str) -> tuple[list[list[float]], str, str]:
 def _check_pair(image_file: str) -> dict:
     shape, error = _check_image(image_file)
     labels, note = [], ""
+    label_file = label_file_for(image_file)
     if not error:
-        labels, error, note = _parse_labels(label_file_for(image_file))
-    return {"image": image_file, "shape": shape, "labels": labels, "error": error, "note": note}
+        labels, error, note = _parse_labels(label_file)
+    return {
+        "image": image_file,
+        "shape": shape,
+        "labels": labels,
+        "error": error,
+        "note": note,
+        "label_file": os.path.isfile(label_file),
+    }
 
 
 def files_hash(image_files: list[str]) -> str:
@@ -141,16 +153,13 @@ def _read_cache(cache_file: Path, wanted_hash: str) -> list[dict] | None:
 
 
 def _write_cache(cache_file: Path, file_hash: str, entries: list[dict]) -> None:
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
+        with atomic_open(cache_file) as f:
             json.dump({"version": CACHE_VERSION, "hash": file_hash, "entries": entries}, f)
-        os.replace(tmp, cache_file)
     except OSError as error:
         LOGGER.warning(
             f"Could not write the label cache {cache_file} ({error}); labels will be scanned again next time."
         )
-        tmp.unlink(missing_ok=True)
 
 
 def scan_files(image_files: list[str]) -> tuple[list[dict], Path | None]:
@@ -191,6 +200,13 @@ def summarize(entries: list[dict], prefix: str, cache_file: Path | None, verbose
         if entry["note"] and verbose:
             LOGGER.warning(f"{prefix}{label_file_for(entry['image'])}: {entry['note']}.")
         backgrounds += not entry["labels"]
+    usable = [entry for entry in entries if not entry["error"]]
+    if verbose and usable and not any(entry.get("label_file") for entry in usable):
+        LOGGER.warning(
+            f"{prefix}no label file was found for any of the {len(usable)} images, so all train as "
+            f"backgrounds; YOLO labels are expected beside an images/ folder, e.g. "
+            f"{label_file_for(usable[0]['image'])}."
+        )
     if verbose:
         source = f" (labels cached in {cache_file})" if cache_file else ""
         advice = " (see warnings)" if corrupt else ""

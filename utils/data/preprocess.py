@@ -50,7 +50,8 @@ def letterbox(
     ratio = min(target_h / height, target_w / width)
     if not scaleup:
         ratio = min(ratio, 1.0)
-    resized_w, resized_h = int(round(width * ratio)), int(round(height * ratio))
+    # at least 1 px: a 10000x50 image letterboxed to 640 would otherwise have a 0 px short side
+    resized_w, resized_h = max(1, int(round(width * ratio))), max(1, int(round(height * ratio)))
     pad_w, pad_h = target_w - resized_w, target_h - resized_h
     if auto:
         pad_w, pad_h = pad_w % stride, pad_h % stride

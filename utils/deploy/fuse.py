@@ -15,7 +15,7 @@ from models.blocks.repvgg import RepVGGBlock
 from models.yolo import count_gflops, count_parameters
 from utils.checkpoint import model_from_checkpoint
 from utils.data.config import image_files_from_sources
-from utils.data.preprocess import image_to_tensor, letterbox
+from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.deploy.timing import interleaved_latency
 
 LOGGER = logging.getLogger(__name__)
@@ -69,10 +69,12 @@ def training_img_size(ckpt: dict) -> int:
 
 
 def fuse_and_verify(ckpt: dict, img_size: int, device: torch.device) -> dict:
-    """Build the training form and its fused copy and compare them on real images (see verification_input);
-    -> {"trained", "fused", "images", "input" (what the images are), "abs", "rel" (max errors)}."""
+    """Build the training form and its fused copy and compare them on real images (see verification_input)
+    at img_size rounded up to the stride; -> {"trained", "fused", "images", "input" (what the images are),
+    "img_size", "abs", "rel" (max errors)}."""
     trained = model_from_checkpoint(ckpt).to(device).float().eval()
     fused = reparam.reparameterized_copy(trained).eval()
+    img_size = check_img_size(img_size, int(trained.stride.max()))
     images, described = verification_input(ckpt, img_size, device)
     max_abs, max_rel = reparam.verify(trained, fused, images)
     return {
@@ -80,6 +82,7 @@ def fuse_and_verify(ckpt: dict, img_size: int, device: torch.device) -> dict:
         "fused": fused,
         "images": images,
         "input": described,
+        "img_size": img_size,
         "abs": max_abs,
         "rel": max_rel,
     }

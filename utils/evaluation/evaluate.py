@@ -23,6 +23,7 @@ from utils.device import time_sync
 from utils.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, DetectionMetrics
 from utils.evaluation.plots import plot_validation
 from utils.nms import non_max_suppression
+from utils.paths import write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 TABLE_HEADER = ("Class", "Images", "Instances", "P", "R", "mAP50", "mAP50-95")
@@ -127,9 +128,10 @@ class EvaluationResult:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         if plots and self.metrics is not None:
             plot_validation(self.metrics, self.confusion, self.names, save_dir)
-        path = Path(save_dir) / "metrics.json"
-        path.write_text(json.dumps(content if content is not None else self.to_dict(), indent=2))
-        return path
+        return write_text_atomic(
+            Path(save_dir) / "metrics.json",
+            json.dumps(content if content is not None else self.to_dict(), indent=2),
+        )
 
 
 def evaluate(

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from utils.evaluation.metrics import CONF_GRID, RECALL_THRESHOLDS, ConfusionMatrix, DetectionMetrics
+from utils.paths import atomic_open
 
 LOGGER = logging.getLogger(__name__)
 MAX_LEGEND_CLASSES = 20  # above this many classes, per-class curves are drawn grey and unlabeled
@@ -136,5 +137,6 @@ def plot_results(results_csv: str | Path, out_file: str | Path | None = None) ->
     for axis in axes[len(columns) :]:
         axis.set_visible(False)
     out_file = Path(out_file) if out_file else results_csv.with_name("results.png")
-    figure.savefig(out_file, dpi=150)
+    with atomic_open(out_file, "wb") as file:  # rewritten by every resumed run
+        figure.savefig(file, format="png", dpi=150)
     return out_file

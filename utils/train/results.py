@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from pathlib import Path
 
 from utils.evaluation.metrics import fitness
+from utils.paths import write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 RESULTS_COLUMNS = [
@@ -27,18 +29,15 @@ RESULTS_COLUMNS = [
 
 
 class ResultsTable:
-    """results.csv: one row per epoch, appended and flushed, so an interrupted run keeps its history."""
+    """results.csv: one row per epoch. Every change rewrites the whole (small) file atomically, so a run
+    killed at any moment leaves either the old table or the new one, never a partial row or none."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def append(self, values: dict) -> None:
-        new_file = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(RESULTS_COLUMNS)
-            writer.writerow([_format(values[column]) for column in RESULTS_COLUMNS])
+        rows = self.rows() + [{column: _format(values[column]) for column in RESULTS_COLUMNS}]
+        self._write(rows)
 
     def rows(self) -> list[dict]:
         if not self.path.exists():
@@ -48,10 +47,17 @@ class ResultsTable:
 
     def truncate(self, epochs_done: int) -> None:
         """Drop rows of epochs >= epochs_done (written after the checkpoint a resume starts from)."""
-        rows = [row for row in self.rows() if int(row["epoch"]) < epochs_done]
-        self.path.unlink(missing_ok=True)
-        for row in rows:
-            self.append(row)
+        rows = self.rows()
+        kept = [row for row in rows if int(row["epoch"]) < epochs_done]
+        if len(kept) != len(rows):
+            self._write(kept)
+
+    def _write(self, rows: list[dict]) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, RESULTS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.path, text.getvalue())
 
 
 def row_fitness(row: dict) -> float:

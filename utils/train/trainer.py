@@ -34,7 +34,7 @@ from utils.evaluation.evaluate import EvaluationResult, evaluate
 from utils.evaluation.metrics import fitness
 from utils.evaluation.plots import plot_results
 from utils.hyp import Hyp, load_hyp
-from utils.paths import increment_path
+from utils.paths import increment_path, write_text_atomic
 from utils.plots import plot_batch, plot_labels
 from utils.train.autoanchor import check_anchors
 from utils.train.distributed import DistributedContext, broadcast_flag, init_distributed, main_process_first
@@ -77,8 +77,13 @@ def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
     with main_process_first(context):
         data_config = load_data_config(options.data)
     options = options.resolve(data_config)
+    if resume_ckpt is not None and int(resume_ckpt.get("nc", data_config["nc"])) != data_config["nc"]:
+        raise CheckpointError(
+            f"{options.resume} was trained on {resume_ckpt['nc']} classes but {data_config['yaml_file']} now "
+            f"has nc={data_config['nc']}; restore the data YAML the run started with, or start a new run."
+        )
     if resume_ckpt is None and context.is_main:
-        save_dir = increment_path(Path(options.project) / options.name, options.exist_ok)
+        save_dir = new_run_folder(options)
     init_seeds(options.seed + 1 + context.rank)
     trainer = Trainer(options, data_config, context, device, save_dir, resume_ckpt)
     try:
@@ -86,6 +91,18 @@ def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
     finally:
         if context.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def new_run_folder(options: TrainOptions) -> Path:
+    """project/name, or the next free project/nameN; with exist_ok the folder itself, but never one that
+    already holds a run's results (its history and weights would be mixed with the new run's)."""
+    folder = Path(options.project) / options.name
+    if options.exist_ok and (folder / "results.csv").exists():
+        raise ConfigError(
+            f"{folder} already holds a training run (results.csv), and reusing it would mix the two runs' "
+            "epochs and replace its weights; choose another name, or resume that run."
+        )
+    return increment_path(folder, options.exist_ok)
 
 
 def scale_loss_gains(hyp: Hyp, nl: int, nc: int, img_size: int) -> Hyp:
@@ -159,6 +176,7 @@ class Trainer:
         self.options, self.data, self.context, self.device = options, data, context, device
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.resumed = resume_ckpt is not None
+        self.finishing = bool(resume_ckpt and resume_ckpt.get("finishing"))  # killed in the end-of-run step
         self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(options.hyp)
         model = build_model(options, data["nc"], data["names"], resume_ckpt)
         self.model = model.to(device, memory_format=torch.channels_last)  # see utils.train.epoch.train_step
@@ -177,10 +195,8 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         (self.save_dir / "weights").mkdir(parents=True, exist_ok=True)
-        with open(self.save_dir / "hyp.yaml", "w") as f:
-            yaml.safe_dump(self.hyp.to_dict(), f, sort_keys=False)
-        with open(self.save_dir / "opt.yaml", "w") as f:
-            yaml.safe_dump(self.options.to_dict(), f, sort_keys=False)
+        write_text_atomic(self.save_dir / "hyp.yaml", yaml.safe_dump(self.hyp.to_dict(), sort_keys=False))
+        write_text_atomic(self.save_dir / "opt.yaml", yaml.safe_dump(self.options.to_dict(), sort_keys=False))
         LOGGER.info("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in self.hyp.to_dict().items()))
 
     def _build_data(self) -> None:
@@ -199,7 +215,8 @@ class Trainer:
             )  # fmt: skip
 
     def _check_dataset_and_anchors(self) -> None:
-        plot_labels(self.train_set.labels, self.data["names"], self.save_dir / "labels.jpg")
+        if self.options.plots:
+            plot_labels(self.train_set.labels, self.data["names"], self.save_dir / "labels.jpg")
         detect = self.model.detect
         labels, shapes = self.train_set.labels, self.train_set.shapes
         if check_anchors(detect, labels, shapes, self.img_size, self.hyp.anchor_t, seed=self.options.seed):
@@ -265,12 +282,13 @@ class Trainer:
                 f"Image size {self.img_size}, {self.batches} batches per epoch, results in {self.save_dir}\n"
                 f"Starting training for {epochs} epochs (from epoch {self.start_epoch + 1})..."
             )
-        for epoch in range(self.start_epoch, epochs):
+        for epoch in range(self.start_epoch, epochs if not self.finishing else self.start_epoch):
             if self.context.distributed:
                 self.train_loader.sampler.set_epoch(epoch)
+            plot_batch_now = main and epoch == 0 and self.options.plots
             mean_loss = train_one_epoch(
-                self.model, self.train_loader, self.loss_fn, self.step, epoch, epochs,
-                show_progress=main, on_first_batch=self._plot_first_batch if main and epoch == 0 else None,
+                self.model, self.train_loader, self.loss_fn, self.step, epoch, epochs, show_progress=main,
+                on_first_batch=self._plot_first_batch if plot_batch_now else None,
             )  # fmt: skip
             stop = False
             if main:
@@ -304,7 +322,7 @@ class Trainer:
         result = evaluate(TorchInferenceModel(model, self.device), self.val_loader, self.data["names"])
         result.log(verbose=save_dir is not None)
         if save_dir is not None:
-            result.save(save_dir)
+            result.save(save_dir, plots=self.options.plots)
             LOGGER.info("Results saved to %s", save_dir)
         return result
 
@@ -337,9 +355,9 @@ class Trainer:
         is_best = current >= self.best_fitness
         self.best_fitness = max(self.best_fitness, current)
         ckpt = self._checkpoint(epoch, {"mAP50": map50, "mAP50_95": map50_95})
-        save_checkpoint(ckpt, self.save_dir / "weights" / "last.pt")
-        if is_best:
+        if is_best:  # before last.pt: a run killed between the two then redoes this epoch
             save_checkpoint(ckpt, self.save_dir / "weights" / "best.pt")
+        save_checkpoint(ckpt, self.save_dir / "weights" / "last.pt")
         return stopper(epoch, current)
 
     def _checkpoint(self, epoch: int, results: dict) -> dict:
@@ -359,19 +377,24 @@ class Trainer:
         )
 
     def _finish(self, epoch: int, elapsed: float) -> None:
-        """Strip the resume state from the checkpoints, validate best.pt with plots, plot results.csv."""
+        """The end-of-run step: validate best.pt with plots, plot results.csv, then strip the resume state
+        from the checkpoints, last.pt last. Until that final write last.pt is marked "finishing", so a
+        run killed anywhere in here resumes straight into this step and completes it."""
         weights = self.save_dir / "weights"
         LOGGER.info(f"\n{epoch - self.start_epoch + 1} epochs completed in {elapsed / 3600:.3f} hours.")
-        for name in ("last.pt", "best.pt"):
-            if (weights / name).exists():
-                save_checkpoint(final_checkpoint(load_checkpoint(weights / name)), weights / name)
+        if not self.finishing and (weights / "last.pt").exists():
+            save_checkpoint({**load_checkpoint(weights / "last.pt"), "finishing": True}, weights / "last.pt")
         if (weights / "best.pt").exists():
             LOGGER.info(f"Validating {weights / 'best.pt'}...")
             model, _ = load_model(weights / "best.pt", self.device)
             self.final_metrics = self._validate(model, save_dir=self.save_dir).to_dict()
         else:
             LOGGER.info(f"Results saved to {self.save_dir}")
-        plot_results(self.save_dir / "results.csv")
+        if self.options.plots:
+            plot_results(self.save_dir / "results.csv")
+        for name in ("best.pt", "last.pt"):
+            if (weights / name).exists():
+                save_checkpoint(final_checkpoint(load_checkpoint(weights / name)), weights / name)
 
     def _summary(self, epoch: int, finished: bool) -> dict:
         weights = self.save_dir / "weights" if self.save_dir else None
