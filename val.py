@@ -25,7 +25,7 @@ from utils.data.dataset import create_dataloader
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import InferenceModel, load_inference_model
-from utils.errors import USER_ERRORS, DataError
+from utils.errors import USER_ERRORS, ConfigError, DataError
 from utils.evaluation.evaluate import evaluate
 from utils.log import setup_logging
 from utils.paths import increment_path
@@ -93,7 +93,9 @@ def run(
     optional txt/JSON outputs to ``save_dir`` (default: a new run folder project/name{N}); returns the
     metrics.json content (plus "coco_eval" when pycocotools ran)."""
     if task not in ("val", "test", "speed"):
-        raise ValueError(f"task must be val, test or speed, not {task!r}.")
+        raise ConfigError(f"task must be val, test or speed, not {task!r}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch size {batch_size} must be at least 1.")
     speed_only = task == "speed"
     if speed_only:  # yolov5's speed protocol: batch 1 at the deployment thresholds
         batch_size, conf_thres, iou_thres, save_json, plots = 1, 0.25, 0.45, False, False
