@@ -25,7 +25,7 @@ from utils.data.dataset import create_dataloader
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import InferenceModel, load_inference_model
-from utils.errors import USER_ERRORS, DataError
+from utils.errors import USER_ERRORS, ConfigError, DataError
 from utils.evaluation.evaluate import evaluate
 from utils.log import setup_logging
 from utils.paths import increment_path
@@ -38,7 +38,7 @@ def default_img_size(
 ) -> int:
     """--img when given; else a static ONNX model's input size; else the bundled dataset's own size when
     --data was not given; else 640."""
-    if img_size:
+    if img_size is not None:
         return int(img_size)
     if fixed_input_hw is not None:
         return int(max(fixed_input_hw))
@@ -94,6 +94,8 @@ def run(
     metrics.json content (plus "coco_eval" when pycocotools ran)."""
     if task not in ("val", "test", "speed"):
         raise ValueError(f"task must be val, test or speed, not {task!r}.")
+    if img_size is not None and (not isinstance(img_size, int) or img_size < 1):
+        raise ConfigError(f"image size {img_size} is not usable; give a positive whole number such as 640.")
     speed_only = task == "speed"
     if speed_only:  # yolov5's speed protocol: batch 1 at the deployment thresholds
         batch_size, conf_thres, iou_thres, save_json, plots = 1, 0.25, 0.45, False, False
