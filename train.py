@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under multi-GPU DDP")
+    parser.add_argument(
+        "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write TensorBoard logs"
+    )
     return parser.parse_args(argv)
 
 

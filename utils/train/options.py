@@ -44,6 +44,7 @@ class TrainOptions:
     patience: int = 100
     freeze: int = 0
     sync_bn: bool = False
+    tensorboard: bool = True  # log to TensorBoard when the package is installed (rank 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}
