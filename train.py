@@ -48,7 +48,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM"
+        "--cache",
+        nargs="?",
+        const="ram",
+        default=None,
+        choices=["ram", "disk"],
+        help="cache decoded images in RAM, or on disk as .npy files beside the images",
     )
     parser.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"])
     parser.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default: linear)")
