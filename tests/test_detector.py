@@ -139,6 +139,7 @@ def test_bad_inputs_are_one_sentence_naming_them_and_can_be_skipped(detector, tm
         (np.zeros((64, 64, 3), np.float32), ImageError, "dtype float32; pass a BGR uint8 array"),
         (torch.zeros(3, 64, 64), ImageError, "input 1 is a Tensor; pass an image path"),
         ("https://example.com/a.jpg", ImageError, "is a URL"),
+        (tmp_path, ImageError, "is a folder, not an image"),
     ]
     for bad, error_type, message in cases:
         with pytest.raises(error_type, match=message) as error_info:
@@ -162,9 +163,15 @@ def test_settings_are_checked(detector):
         ConfigError, match=r"class indices \[99\] are out of range: this model predicts 3 classes, 0 to 2"
     ):
         detector(image, classes=[99])
-    for size, named in ((-64, -64), (0, 0), ([64, -32], -32), ((64, 64, 64), r"\(64, 64, 64\)")):
+    for size, named in ((-64, -64), (0, 0), ([64, -32], -32), ((64, 64, 64), r"\(64, 64, 64\)"), (6.4, 6.4)):
         with pytest.raises(ConfigError, match=f"image size {named} is not usable"):
             detector(image, size=size)
+    detector.size = 0  # an attribute is checked like an argument, not taken as unset
+    try:
+        with pytest.raises(ConfigError, match="image size 0 is not usable"):
+            detector(image)
+    finally:
+        detector.size = None
     with pytest.raises(ValueError, match="errors must be"):
         detector(image, errors="ignore")
     detector.classes, detector.max_det = [1], 2  # yolov5-style attributes apply to every call

@@ -67,6 +67,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """BGR uint8 (H, W, 3) as cv2.imread gives it (EXIF orientation applied). A truncated JPEG is
     decoded as far as it goes, with a warning naming it. Raises ImageNotFoundError / ImageError."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image; pass the image files in it.")
     if not path.is_file():
         raise ImageNotFoundError(f"image {path} does not exist; check the path.")
     image = cv2.imread(str(path))

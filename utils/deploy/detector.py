@@ -97,9 +97,11 @@ class Detector:
     def input_hw(self, size: int | Sequence[int] | None = None) -> tuple[int, int]:
         """(height, width) to letterbox to: a static ONNX graph's own size, else ``size`` (default: the
         detector's) rounded up to the stride. Raises ConfigError for a size below 1."""
-        size = size if size is not None else self.size or self.model.train_img_size or 640
-        sizes = [size] * 2 if isinstance(size, int) else list(size) * (2 if len(size) == 1 else 1)
-        bad = [s for s in sizes if not isinstance(s, int) or s < 1]
+        if size is None:
+            size = self.size if self.size is not None else self.model.train_img_size or 640
+        whole = (int, np.integer)
+        sizes = list(size) * (2 if len(size) == 1 else 1) if isinstance(size, (list, tuple)) else [size] * 2
+        bad = [s for s in sizes if not isinstance(s, whole) or s < 1]
         if len(sizes) != 2 or bad:
             named = bad[0] if bad else size
             raise ConfigError(f"image size {named} is not usable; give a positive whole number such as 640.")
