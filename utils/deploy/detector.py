@@ -6,8 +6,8 @@
     results.xyxy[0]  # Tensor[n, 6]: x1, y1, x2, y2 (pixels of a.jpg), confidence, class
 
 Each image is letterboxed on its own, padded only up to the stride as detect.py does, so its detections
-do not depend on the other images of the call; images whose letterboxed shapes match run as one batch.
-detect.py is a command line over this class.
+do not depend on the other images of the call (up to the rounding of a batched convolution); images
+whose letterboxed shapes match run as one batch. detect.py is a command line over this class.
 """
 
 from __future__ import annotations
