@@ -5,7 +5,9 @@
 
 Weights may be a training-form or fused .pt checkpoint, or an .onnx export (onnxruntime).
 Annotated images (and videos) go to runs/detect/exp; --save-txt adds YOLO label files
-(class cx cy w h [conf], normalized to the original image) in labels/.
+(class cx cy w h [conf], normalized to the original image) in labels/. Sources from several folders
+keep their folders below the common one, so same-named files stay apart. A file that cannot be read or
+processed is named in a warning and the others are still processed.
 """
 
 from __future__ import annotations
@@ -15,21 +17,15 @@ import logging
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
-from utils.boxes import scale_boxes_to_original
-from utils.data.labels import write_yolo_labels
-from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.data.sources import LoadSources, SourceItem
-from utils.deploy.backend import InferenceModel, load_inference_model
-from utils.device import time_sync
-from utils.errors import USER_ERRORS
+from utils.deploy.detections import describe
+from utils.deploy.detector import Detector
+from utils.deploy.writer import DetectionWriter, OutputOptions
+from utils.errors import USER_ERRORS, DataError
 from utils.log import setup_logging
-from utils.nms import non_max_suppression
 from utils.paths import increment_path
-from utils.plots import draw_boxes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,99 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def input_size(model: InferenceModel, img_size: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
-    """(height, width) to letterbox to: a static ONNX graph's size, else img_size rounded up to the stride."""
-    sizes = [img_size] * 2 if isinstance(img_size, int) else list(img_size) * (2 if len(img_size) == 1 else 1)
-    if model.fixed_input_hw is not None:
-        if tuple(sizes) != model.fixed_input_hw:
-            LOGGER.info(
-                "using the ONNX model's fixed input size %s instead of --img %s", model.fixed_input_hw, sizes
-            )
-        return model.fixed_input_hw
-    height = check_img_size(sizes[0], model.stride)
-    return height, height if sizes[1] == sizes[0] else check_img_size(sizes[1], model.stride)
-
-
-def preprocess(image_bgr: np.ndarray, img_hw: tuple[int, int], stride: int, auto: bool, device: torch.device):
-    """BGR (H, W, 3) uint8 -> letterboxed float RGB (1, 3, h, w) in 0..1, and its
-    ((ratio_h, ratio_w), (pad_x, pad_y))."""
-    image, ratio, pad = letterbox(image_bgr, img_hw, auto=auto, stride=stride)
-    return image_to_tensor(image).to(device).float().div(255).unsqueeze(0), (ratio, pad)
-
-
-def describe(detections: np.ndarray, names: list[str]) -> str:
-    """'2 circles, 1 square' (class order), or '(no detections)'."""
-    if len(detections) == 0:
-        return "(no detections)"
-    classes, counts = np.unique(detections[:, 5].astype(int), return_counts=True)
-    return ", ".join(f"{n} {plural(names[c], n)}" for c, n in zip(classes.tolist(), counts.tolist()))
-
-
-def plural(name: str, count: int) -> str:
-    """English plural for the detection line: 'circle' -> 'circles', 'cross' -> 'crosses'."""
-    if count == 1:
-        return name
-    return name + ("es" if name.endswith(("s", "x", "z", "ch", "sh")) else "s")
-
-
-def save_crops(
-    image: np.ndarray, detections: np.ndarray, names: list[str], crop_dir: Path, stem: str
-) -> None:
-    for i, (x1, y1, x2, y2, _, cls) in enumerate(detections):
-        crop = image[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))]
-        if crop.size:
-            folder = crop_dir / names[int(cls)]
-            folder.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(folder / f"{stem}_{i}.jpg"), crop)
-
-
-class _Outputs:
-    """Annotated images and videos, labels and crops under save_dir."""
-
-    def __init__(self, save_dir: Path, names: list[str], options: dict) -> None:
-        self.save_dir, self.names, self.options = save_dir, names, options
-        self.writers: dict[str, cv2.VideoWriter] = {}
-        self.label_files = 0
-        if options["save_txt"]:
-            (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-
-    def write(self, item: SourceItem, detections: np.ndarray) -> None:
-        opts = self.options
-        stem = Path(item.path).stem + (f"_{item.frame}" if item.is_video else "")
-        if opts["save_txt"] and len(detections):
-            label_file = self.save_dir / "labels" / f"{stem}.txt"
-            write_yolo_labels(label_file, detections, item.image.shape[:2], opts["save_conf"])
-            self.label_files += 1
-        if opts["save_crop"]:
-            save_crops(item.image, detections, self.names, self.save_dir / "crops", stem)
-        if opts["nosave"]:
-            return
-        annotated = draw_boxes(
-            item.image.copy(),
-            detections[:, :4],
-            detections[:, 5].astype(int),
-            scores=detections[:, 4],
-            names=self.names,
-            line_thickness=opts["line_thickness"],
-            hide_labels=opts["hide_labels"],
-            hide_conf=opts["hide_conf"],
-        )
-        if not item.is_video:
-            cv2.imwrite(str(self.save_dir / Path(item.path).name), annotated)
-            return
-        if item.path not in self.writers:
-            height, width = annotated.shape[:2]
-            out_path = str(self.save_dir / f"{Path(item.path).stem}.mp4")
-            self.writers[item.path] = cv2.VideoWriter(
-                out_path, cv2.VideoWriter_fourcc(*"mp4v"), item.fps, (width, height)
-            )
-        self.writers[item.path].write(annotated)
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.release()
-
-
 def run(
     weights: str | Path,
     source: str | Path = "data/images",
@@ -187,36 +90,36 @@ def run(
     hide_labels: bool = False,
     hide_conf: bool = False,
 ) -> list[dict]:
-    """Detect on every image / frame of ``source``.
+    """Detect on every image / frame of ``source`` with ``utils.deploy.detector.Detector``.
 
     Returns one dict per image or frame: "path", "frame" (None for images), "shape" (h, w) of the
     original, "detections" np.ndarray (n, 6) x1, y1, x2, y2 (original pixels), score, class.
     """
-    model = load_inference_model(weights, device)
+    detector = Detector(weights, device)
+    detector.size, detector.classes, detector.agnostic = img_size, classes, agnostic_nms
+    detector.conf, detector.iou, detector.max_det = conf_thres, iou_thres, max_det
+    detector.check_classes(classes)
+    img_hw = detector.input_hw()
     sources = LoadSources(source)
-    img_hw = input_size(model, img_size or model.train_img_size or 640)
-    auto = model.fixed_input_hw is None  # minimal padding unless the graph wants one exact size
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-    options = dict(save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, nosave=nosave)
-    options.update(line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
-    outputs = _Outputs(save_dir, model.names, options)
-    model.warmup(img_hw)
-    results, totals = [], np.zeros(3)
+    options = OutputOptions(save_txt, save_conf, save_crop, nosave, line_thickness, hide_labels, hide_conf)
+    writer = DetectionWriter(save_dir, sources.files, detector.names, options)
+    detector.warmup()
+    results, totals, failed = [], np.zeros(3), []
     try:
         for item in sources:
-            start = time_sync()
-            images, ratio_pad = preprocess(item.image, img_hw, model.stride, auto, model.device)
-            loaded = time_sync()
-            prediction = model(images)
-            inferred = time_sync()
-            kept = non_max_suppression(
-                prediction, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det
-            )[0]
-            done = time_sync()
-            totals += (loaded - start, inferred - loaded, done - inferred)
-            detections = kept.cpu().numpy().astype(np.float64)
-            scale_boxes_to_original(detections[:, :4], item.image.shape[:2], ratio_pad)
-            outputs.write(item, detections)
+            try:  # one image that fails never stops the run
+                found = detector(item.image)
+                writer.write(item, found.xyxy[0])
+            except Exception as error:
+                LOGGER.debug("detecting on %s failed", item.path, exc_info=True)
+                LOGGER.warning(
+                    "WARNING: skipping %s: it failed with %s: %s", item.path, type(error).__name__, error
+                )
+                failed.append(item.path)
+                continue
+            totals += found.t
+            detections = found.xyxy[0].numpy().astype(np.float64)
             results.append(
                 {
                     "path": item.path,
@@ -225,35 +128,41 @@ def run(
                     "detections": detections,
                 }
             )
-            where = (
-                f"video {item.index}/{item.count} (frame {item.frame}/{item.frames})"
-                if item.is_video
-                else (f"image {item.index}/{item.count}")
-            )
-            shape = "x".join(str(s) for s in images.shape[2:])
-            LOGGER.info(
-                "%s %s: %s %s, %.1fms",
-                where,
-                item.path,
-                shape,
-                describe(detections, model.names),
-                (inferred - loaded) * 1000,
-            )
+            shape = "x".join(map(str, found.input_hw[0]))
+            description = describe(detections, detector.names)
+            LOGGER.info("%s %s: %s %s, %.1fms", where(item), item.path, shape, description, found.t[1])
     finally:
-        outputs.close()
-    if results:
-        pre, inference, nms = totals * 1000 / len(results)
-        LOGGER.info(
-            "Speed: %.1f ms pre-process, %.1f ms inference, %.1f ms NMS per image at shape (1, 3, %d, %d)",
-            pre,
-            inference,
-            nms,
-            *img_hw,
-        )
-    if save_txt:
-        LOGGER.info("%d label files saved to %s", outputs.label_files, save_dir / "labels")
-    LOGGER.info("Results saved to %s", save_dir)
+        writer.close()
+    _report(results, totals, img_hw, sources, failed, save_dir, writer.label_files if save_txt else None)
     return results
+
+
+def where(item: SourceItem) -> str:
+    """'image 2/5' or 'video 1/1 (frame 3/90)' for the log line."""
+    if item.is_video:
+        return f"video {item.index}/{item.count} (frame {item.frame}/{item.frames})"
+    return f"image {item.index}/{item.count}"
+
+
+def _report(results, totals, img_hw, sources: LoadSources, failed, save_dir: Path, label_files) -> None:
+    """The closing lines; raises DataError when nothing at all could be processed."""
+    if not results:
+        raise DataError(
+            f"none of the {len(sources)} file(s) of {sources.source} could be read or processed (see the "
+            "warnings above); pass images or videos OpenCV can decode."
+        )
+    pre, inference, nms = totals / len(results)
+    LOGGER.info(
+        "Speed: %.1f ms pre-process, %.1f ms inference, %.1f ms NMS per image at shape (1, 3, %d, %d)",
+        pre, inference, nms, *img_hw,
+    )  # fmt: skip
+    skipped = sorted(set(sources.skipped + failed))
+    if skipped:
+        named = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        LOGGER.warning("WARNING: %d file(s) skipped (see the warnings above): %s", len(skipped), named)
+    if label_files is not None:
+        LOGGER.info("%d label files saved to %s", label_files, save_dir / "labels")
+    LOGGER.info("Results saved to %s", save_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,7 +48,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--cache", nargs="?", const="ram", default=None, choices=["ram"], help="cache images in RAM"
+        "--cache",
+        nargs="?",
+        const="ram",
+        default=None,
+        choices=["ram", "disk"],
+        help="cache decoded images in RAM, or on disk as .npy files beside the images",
     )
     parser.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"])
     parser.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default: linear)")
@@ -58,6 +63,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--freeze", type=int, default=0, help="freeze the first N layers")
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under multi-GPU DDP")
     parser.add_argument("--noplots", dest="plots", action="store_false", help="save no plot files")
+    parser.add_argument(
+        "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write TensorBoard logs"
+    )
     return parser.parse_args(argv)
 
 

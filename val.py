@@ -38,7 +38,7 @@ def default_img_size(
 ) -> int:
     """--img when given; else a static ONNX model's input size; else the bundled dataset's own size when
     --data was not given; else 640."""
-    if img_size:
+    if img_size is not None:
         return int(img_size)
     if fixed_input_hw is not None:
         return int(max(fixed_input_hw))
@@ -96,6 +96,8 @@ def run(
         raise ConfigError(f"task must be val, test or speed, not {task!r}.")
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be at least 1.")
+    if img_size is not None and (not isinstance(img_size, int) or img_size < 1):
+        raise ConfigError(f"image size {img_size} is not usable; give a positive whole number such as 640.")
     speed_only = task == "speed"
     if speed_only:  # yolov5's speed protocol: batch 1 at the deployment thresholds
         batch_size, conf_thres, iou_thres, save_json, plots = 1, 0.25, 0.45, False, False

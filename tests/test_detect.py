@@ -11,6 +11,7 @@ import pytest
 import detect
 from tests.helpers import NAMES, write_images, write_tiny_checkpoint
 from utils.data.sources import LoadSources
+from utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +122,100 @@ def test_detect_cli_parses_yolov5_flags(weights: Path, images, tmp_path: Path):
     assert exit_info.value.code == 2
 
 
-def test_detection_line_pluralizes_class_names():
-    detections = np.array(
-        [[0, 0, 1, 1, 0.9, 0], [0, 0, 1, 1, 0.8, 0], [0, 0, 1, 1, 0.7, 1], [0, 0, 2, 2, 0.6, 2]]
-    )
-    assert detect.describe(detections, ["circle", "cross", "bus"]) == "2 circles, 1 cross, 1 bus"
-    assert detect.plural("cross", 2) == "crosses" and detect.plural("box", 3) == "boxes"
-    assert detect.describe(np.zeros((0, 6)), ["circle"]) == "(no detections)"
+# --- nothing lost: every file processed or named, outputs apart from each other and from the sources ---
+
+
+def test_one_failing_image_never_stops_the_run(weights: Path, images, tmp_path: Path, caplog, monkeypatch):
+    folder = images[0].parent
+    cv2.imwrite(str(folder / "a_wide.jpg"), np.full((12, 20000, 3), 128, np.uint8))  # sorts first
+    results = detect_run(weights, folder, tmp_path / "runs", save_txt=True)
+    assert [Path(r["path"]).name for r in results][-2:] == ["img0.jpg", "img1.jpg"]
+    if len(results) == 2:  # letterbox cannot shrink it to the network size: named, and the run goes on
+        assert any("a_wide.jpg" in line and "skipping" in line for line in caplog.text.splitlines())
+    import utils.deploy.detector as detector_module
+
+    letterbox = detector_module.letterbox
+
+    def fails_on_the_first_image(image, *args, **kwargs):
+        if image.shape[:2] == (72, 96) and image[0, 0, 0] == first_pixel:
+            raise RuntimeError("decoder exploded")
+        return letterbox(image, *args, **kwargs)
+
+    first_pixel = cv2.imread(str(images[0]))[0, 0, 0]
+    monkeypatch.setattr(detector_module, "letterbox", fails_on_the_first_image)
+    caplog.clear()
+    results = detect_run(weights, images[0].parent, tmp_path / "again", save_txt=True)
+    names = [Path(r["path"]).name for r in results]
+    assert "img0.jpg" not in names and "img1.jpg" in names
+    warnings = [
+        line for line in caplog.text.splitlines() if "img0.jpg" in line and "decoder exploded" in line
+    ]
+    assert len(warnings) == 1
+
+
+def test_same_names_in_different_folders_are_kept_apart(weights: Path, tmp_path: Path, monkeypatch):
+    data = tmp_path / "data"
+    write_images(data / "x", count=2, size=(72, 96))
+    write_images(data / "y", count=2, size=(96, 64))
+    write_images(data / "y" / "deeper", count=1, size=(64, 64))
+    (data / "y" / "img1.jpg").unlink()
+    monkeypatch.chdir(tmp_path)
+    source = "data/**/im*[01].jpg"
+    results = detect_run(weights, source, tmp_path / "runs", save_txt=True, save_crop=True)
+    save_dir = tmp_path / "runs" / "exp"
+    relative = ["x/img0.jpg", "x/img1.jpg", "y/deeper/img0.jpg", "y/img0.jpg"]
+    assert sorted(str(Path(r["path"]).relative_to("data")) for r in results) == relative
+    for result in results:
+        name = Path(result["path"]).relative_to("data")
+        assert cv2.imread(str(save_dir / name)).shape[:2] == result["shape"], name
+        rows = np.loadtxt(save_dir / "labels" / name.with_suffix(".txt"), ndmin=2)
+        assert len(rows) == len(result["detections"]), name
+    crops = {p.relative_to(save_dir / "crops").parts[1:] for p in (save_dir / "crops").rglob("*.jpg")}
+    assert {c[0] for c in crops} == {"x", "y"} and any(c[:2] == ("y", "deeper") for c in crops)
+
+
+def test_outputs_never_replace_the_source_images(weights: Path, images, tmp_path: Path, capsys):
+    folder = images[0].parent
+    before = {p: p.read_bytes() for p in images}
+    with pytest.raises(ConfigError, match="would replace the source image"):
+        detect.run(weights, folder, img_size=64, device="cpu", project=folder.parent, name=folder.name,
+                   exist_ok=True)  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        detect.main(["--weights", str(weights), "--source", str(folder), "--img", "64", "--project",
+                     str(folder.parent), "--name", folder.name, "--exist-ok"])  # fmt: skip
+    assert exit_info.value.code == 2 and "detect.py: writing" in capsys.readouterr().err
+    labels = folder / "exp" / "labels"  # a source inside the label folder it would be written to
+    labels.mkdir(parents=True)
+    (labels / "img0.jpg").write_bytes(before[images[0]])
+    with pytest.raises(ConfigError, match="lies in the output folder"):
+        detect.run(weights, f"{folder}/**/*.jpg", img_size=64, device="cpu", project=folder, name="exp",
+                   exist_ok=True, save_txt=True)  # fmt: skip
+    assert {p: p.read_bytes() for p in images} == before
+    detect_run(weights, folder, tmp_path / "elsewhere", nosave=True, save_txt=True)  # the sources are fine
+
+
+def test_truncated_jpeg_is_named_in_a_warning(weights: Path, images, caplog):
+    data = images[0].read_bytes()
+    cut = images[0].with_name("cut.jpg")
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    results = detect_run(weights, images[0].parent, images[0].parent.parent / "runs")
+    assert any("cut.jpg is a truncated JPEG" in line for line in caplog.text.splitlines())
+    assert "cut.jpg" in [Path(r["path"]).name for r in results]  # what decodes is still searched
+
+
+def test_unreadable_video_is_named_and_nothing_readable_exits_2(
+    weights: Path, images, tmp_path, caplog, capsys
+):
+    broken = images[0].parent / "clip.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    results = detect_run(weights, images[0].parent, tmp_path / "runs")
+    assert len(results) == 2 and any("clip.mp4" in line for line in caplog.text.splitlines())
+    only = tmp_path / "videos"
+    only.mkdir()
+    broken.rename(only / "clip.mp4")
+    with pytest.raises(SystemExit) as exit_info:
+        detect.main(["--weights", str(weights), "--source", str(only), "--project", str(tmp_path / "none")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("clip.mp4" in line and "cannot be read as a video" in line for line in err)
+    assert err[-1].startswith("detect.py: none of the 1 file(s)") and "could be read" in err[-1]

@@ -12,7 +12,7 @@ import convert
 import detect
 import train
 import val
-from tests.helpers import make_tiny_dataset
+from tests.helpers import make_tiny_dataset, write_images, write_tiny_checkpoint
 from utils.paths import ROOT
 
 
@@ -92,3 +92,26 @@ def test_library_never_exits_the_process():
             for inner in ast.walk(node):
                 text = ast.unparse(inner) if isinstance(inner, (ast.Raise, ast.Call)) else ""
                 assert "SystemExit" not in text and "sys.exit" not in text, f"{path}: {text}"
+
+
+def test_detect_and_val_name_bad_classes_and_image_sizes(tiny, tmp_path, capsys):
+    root, data_yaml, *_ = tiny
+    weights = write_tiny_checkpoint(tmp_path / "two.pt", names=["cat", "dog"])
+    image = write_images(tmp_path / "images", count=1)[0]
+    detect_args = ["--weights", str(weights), "--source", str(image), "--project", str(tmp_path / "runs")]
+    cases = [
+        (detect.main, detect_args + ["--classes", "99"], ("detect.py:", "[99]", "2 classes, 0 to 1")),
+        (detect.main, detect_args + ["--img", "-64"], ("detect.py:", "image size -64 is not usable")),
+        (detect.main, detect_args + ["--img", "0"], ("detect.py:", "image size 0 is not usable")),
+        (detect.main, detect_args + ["--img", "64", "-32"], ("detect.py:", "image size -32 is not usable")),
+    ]
+    val_args = ["--weights", str(weights), "--data", str(data_yaml), "--project", str(tmp_path / "val")]
+    cases += [
+        (val.main, val_args + ["--img", "-64"], ("val.py:", "image size -64 is not usable")),
+        (val.main, val_args + ["--img", "0"], ("val.py:", "image size 0 is not usable")),
+    ]
+    for main, argv, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        one_sentence(capsys, exit_info, *expected)
+    assert not (tmp_path / "runs").exists()  # refused before any output folder was made

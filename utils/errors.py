@@ -23,6 +23,15 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A dataset YAML, image folder or list that does not exist."""
 
 
+class ImageError(DataError):
+    """An image handed to the detector that cannot be used: unreadable, or an array of the wrong shape or
+    dtype."""
+
+
+class ImageNotFoundError(ImageError, FileNotFoundError):
+    """An image path that does not exist."""
+
+
 class ConfigError(UserError, ValueError):
     """An unusable model YAML, hyperparameter file or run option."""
 

@@ -271,11 +271,16 @@ def fit_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return max(1, round(height * ratio)), max(1, round(width * ratio))
 
 
+def resize_interpolation(height: int, width: int, size: int, augment: bool) -> int:
+    """The cv2 interpolation resize_to_fit uses: INTER_AREA to shrink without augmentation, else linear."""
+    return cv2.INTER_LINEAR if (augment or fit_shape(height, width, size)[1] > width) else cv2.INTER_AREA
+
+
 def resize_to_fit(img: np.ndarray, size: int, augment: bool) -> np.ndarray:
-    """Resize so the long side is `size` (aspect kept). Shrinking without augmentation uses INTER_AREA."""
+    """Resize so the long side is `size` (aspect kept), with resize_interpolation's choice."""
     height, width = img.shape[:2]
     new_h, new_w = fit_shape(height, width, size)
     if (new_h, new_w) == (height, width):
         return img
-    interpolation = cv2.INTER_LINEAR if (augment or new_w > width) else cv2.INTER_AREA
+    interpolation = resize_interpolation(height, width, size, augment)
     return cv2.resize(img, (new_w, new_h), interpolation=interpolation)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
-from utils.data import augment, preprocess
+from utils.data import augment, disk_cache, preprocess
 from utils.data.config import IMAGE_SUFFIXES, image_files_from_sources
 from utils.data.labels import check_classes, scan_files, summarize
 from utils.errors import DataError
@@ -75,10 +75,13 @@ class LoadedDataset(Dataset):
         if rect:
             self._init_rect_batches(batch_size, pad)
         self.images: list[np.ndarray | None] = [None] * len(self.image_files)
+        self.cache_files: list[Path | None] = [None] * len(self.image_files)  # cache="disk"
         if cache == "ram":
             self._cache_images(prefix, verbose)
+        elif cache == "disk":
+            self._cache_images_on_disk(prefix, verbose)
         elif cache not in (None, "", False):
-            raise DataError(f"cache={cache!r} is not supported; use 'ram' or leave it off.")
+            raise DataError(f"cache={cache!r} is not supported; use 'ram', 'disk' or leave it off.")
 
     def _init_rect_batches(self, batch_size: int, pad: float) -> None:
         """Sort by aspect ratio; each batch gets the smallest stride-multiple shape holding its images."""
@@ -111,6 +114,40 @@ class LoadedDataset(Dataset):
             gb = sum(img.nbytes for img in self.images) / 1e9
             LOGGER.info(f"{prefix}cached {len(self.images)} images in RAM ({gb:.2f} GB)")
 
+    def _cache_images_on_disk(self, prefix: str, verbose: bool) -> None:
+        """Write the missing or outdated .npy files of utils.data.disk_cache (once, threaded) and use them."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ensure(index: int) -> tuple[int, str]:  # -> (bytes written, error)
+            w0, h0 = (int(v) for v in self.shapes[index])
+            interpolation = augment.resize_interpolation(h0, w0, self.img_size, self.augment)
+            cache_file = disk_cache.cache_file_for(self.image_files[index], self.img_size, interpolation)
+            written = 0
+            if not disk_cache.is_fresh(cache_file, self.image_files[index]):
+                img = self._read_resized(index)[0]
+                try:
+                    disk_cache.write(cache_file, img, self.image_files[index])
+                except OSError as error:
+                    return 0, f"{cache_file} ({error})"
+                written = img.nbytes
+            self.cache_files[index] = cache_file
+            return written, ""
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            sizes, errors = zip(*pool.map(ensure, range(len(self.image_files))))
+        errors = [error for error in errors if error]
+        if errors:
+            LOGGER.warning(
+                f"{prefix}could not write {len(errors)} image cache file(s), e.g. {errors[0]}; those images "
+                "are decoded every time (make their folder writable to cache them)."
+            )
+        if verbose:
+            reused = len(self) - len(errors) - sum(1 for n in sizes if n)
+            LOGGER.info(
+                f"{prefix}disk cache: {sum(sizes) / 1e9:.2f} GB written as .npy beside the images, "
+                f"{reused} up to date"
+            )
+
     def __len__(self) -> int:
         return len(self.image_files)
 
@@ -125,8 +162,10 @@ class LoadedDataset(Dataset):
 
     def load_image(self, index: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """-> (BGR image with its long side = img_size, original (h0, w0), resized (h, w))."""
-        if self.images[index] is not None:
-            img = self.images[index]
+        img = self.images[index]
+        if img is None and self.cache_files[index] is not None:
+            img = disk_cache.read(self.cache_files[index], self._resized_hw(index))  # None: decode instead
+        if img is not None:
             w0, h0 = self.shapes[index]
             return img, (int(h0), int(w0)), img.shape[:2]
         return self._read_resized(index)

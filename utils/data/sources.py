@@ -2,13 +2,14 @@
 
 ``LoadSources(source)`` resolves the source to a sorted list of files once, then yields one
 ``SourceItem`` per image or video frame, as a BGR uint8 array (H, W, 3) as OpenCV reads it.
-A file that cannot be read is reported with a warning naming it and skipped.
+A file that cannot be read is reported with a warning naming it and skipped (``skipped`` lists them).
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from utils.data.config import IMAGE_SUFFIXES, read_path_list
-from utils.errors import DataNotFoundError
+from utils.errors import DataNotFoundError, ImageError, ImageNotFoundError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +54,45 @@ def _is_media(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def is_truncated_jpeg(path: str | Path) -> bool:
+    """Whether a file that starts like a JPEG lacks the end-of-image marker (a cut-off download or copy)."""
+    with open(path, "rb") as file:
+        if file.read(2) != b"\xff\xd8":
+            return False
+        file.seek(-2, os.SEEK_END)
+        return file.read() != b"\xff\xd9"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """BGR uint8 (H, W, 3) as cv2.imread gives it (EXIF orientation applied). A truncated JPEG is
+    decoded as far as it goes, with a warning naming it. Raises ImageNotFoundError / ImageError."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image; pass the image files in it.")
+    if not path.is_file():
+        raise ImageNotFoundError(f"image {path} does not exist; check the path.")
+    image = cv2.imread(str(path))
+    if image is None:
+        raise ImageError(f"{path} cannot be read as an image; remove or replace the file.")
+    if is_truncated_jpeg(path):
+        LOGGER.warning(
+            "WARNING: %s is a truncated JPEG (no end-of-image marker), its missing part is decoded as gray; "
+            "re-save or replace the file.",
+            path,
+        )
+    return image
+
+
+def relative_output_paths(files: list[Path]) -> list[Path]:
+    """Each file's path relative to the deepest folder holding them all: outputs written at these paths
+    under a run folder keep same-named files from different folders apart (a/im0.jpg, b/im0.jpg)."""
+    absolute = [Path(os.path.abspath(f)) for f in files]
+    if not absolute:
+        return []
+    common = os.path.commonpath([str(p.parent) for p in absolute])
+    return [p.relative_to(common) for p in absolute]
+
+
 def resolve_source(source: str | Path) -> list[Path]:
     """Source -> the list of files to read, in order. Raises FileNotFoundError (one sentence)."""
     text = str(source)
@@ -84,6 +124,7 @@ class LoadSources:
     def __init__(self, source: str | Path) -> None:
         self.source = str(source)
         self.files = resolve_source(source)
+        self.skipped: list[str] = []  # files that could not be read, each named in a warning
 
     def __len__(self) -> int:
         return len(self.files)
@@ -94,12 +135,16 @@ class LoadSources:
             if is_video(path):
                 yield from self._video_frames(path, index, count)
                 continue
-            image = cv2.imread(str(path)) if path.is_file() else None
-            if image is None:
-                reason = "cannot be read as an image" if path.is_file() else "does not exist"
-                LOGGER.warning("WARNING: skipping %s: it %s; remove or replace the file.", path, reason)
+            try:
+                image = read_image(path)
+            except ImageError as error:
+                self._skip(path, str(error))
                 continue
             yield SourceItem(str(path), image, index, count)
+
+    def _skip(self, path: Path, reason: str) -> None:
+        LOGGER.warning("WARNING: skipping %s: %s", path, reason)
+        self.skipped.append(str(path))
 
     def _video_frames(self, path: Path, index: int, count: int) -> Iterator[SourceItem]:
         capture = cv2.VideoCapture(str(path))
@@ -108,9 +153,7 @@ class LoadSources:
             fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
             ok, image = capture.read()
             if not ok:
-                LOGGER.warning(
-                    "WARNING: skipping %s: it cannot be read as a video; remove or replace the file.", path
-                )
+                self._skip(path, "it cannot be read as a video; remove or replace the file.")
                 return
             frame = 0
             while ok:

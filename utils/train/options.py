@@ -45,6 +45,7 @@ class TrainOptions:
     freeze: int = 0
     sync_bn: bool = False
     plots: bool = True  # labels.jpg, train_batch0.jpg, results.png and the final validation plots
+    tensorboard: bool = True  # log to TensorBoard when the package is installed (rank 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}

@@ -52,6 +52,7 @@ from utils.train.optim import (
 from utils.train.options import TrainOptions, resume_options
 from utils.train.results import EarlyStopping, ResultsTable, row_fitness
 from utils.train.step import OptimizerStep
+from utils.train.tensorboard import TensorBoardLogger
 
 LOGGER = logging.getLogger(__name__)
 
@@ -186,8 +187,10 @@ class Trainer:
                 f"batch_size {options.batch_size} is not a multiple of the {context.world_size} processes; "
                 "make it one."
             )
+        self.tensorboard = None
         if context.is_main:
             self._write_run_files()
+            self.tensorboard = TensorBoardLogger.create(self.save_dir, options.tensorboard)
         self._build_data()
         if context.is_main and not self.resumed:
             self._check_dataset_and_anchors()
@@ -269,6 +272,13 @@ class Trainer:
 
     def train(self, stop_after_epochs: int | None = None) -> dict:
         """Run the remaining epochs; returns the run summary (see ``train``)."""
+        try:
+            return self._run_epochs(stop_after_epochs)
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _run_epochs(self, stop_after_epochs: int | None) -> dict:
         epochs, main = self.options.epochs, self.context.is_main
         table = ResultsTable(self.save_dir / "results.csv") if main else None
         stopper = EarlyStopping(self.options.patience)
@@ -306,6 +316,8 @@ class Trainer:
 
     def _plot_first_batch(self, images: torch.Tensor, targets: torch.Tensor, paths: list) -> None:
         plot_batch(images, targets, paths, self.save_dir / "train_batch0.jpg", names=self.data["names"])
+        if self.tensorboard is not None:
+            self.tensorboard.log_images([self.save_dir / "train_batch0.jpg"], 0)
 
     def _restore_history(self, table: ResultsTable, stopper: EarlyStopping) -> float:
         """Early-stopping state and elapsed time from the rows of the epochs already done."""
@@ -336,22 +348,23 @@ class Trainer:
         result = self._validate(ema.ema)
         map50, map50_95 = result.map50, result.map50_95
         current = fitness(map50, map50_95)
-        table.append(
-            {
-                "epoch": epoch,
-                "train/box_loss": mean_loss[0].item(),
-                "train/obj_loss": mean_loss[1].item(),
-                "train/cls_loss": mean_loss[2].item(),
-                "metrics/precision": result.precision,
-                "metrics/recall": result.recall,
-                "metrics/mAP_0.5": map50,
-                "metrics/mAP_0.5:0.95": map50_95,
-                "x/lr0": lrs[0],
-                "x/lr1": lrs[1],
-                "x/lr2": lrs[2],
-                "time": round(elapsed, 1),
-            }
-        )
+        row = {
+            "epoch": epoch,
+            "train/box_loss": mean_loss[0].item(),
+            "train/obj_loss": mean_loss[1].item(),
+            "train/cls_loss": mean_loss[2].item(),
+            "metrics/precision": result.precision,
+            "metrics/recall": result.recall,
+            "metrics/mAP_0.5": map50,
+            "metrics/mAP_0.5:0.95": map50_95,
+            "x/lr0": lrs[0],
+            "x/lr1": lrs[1],
+            "x/lr2": lrs[2],
+            "time": round(elapsed, 1),
+        }
+        table.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.log_epoch(row)
         is_best = current >= self.best_fitness
         self.best_fitness = max(self.best_fitness, current)
         ckpt = self._checkpoint(epoch, {"mAP50": map50, "mAP50_95": map50_95})
@@ -392,6 +405,8 @@ class Trainer:
             LOGGER.info(f"Results saved to {self.save_dir}")
         if self.options.plots:
             plot_results(self.save_dir / "results.csv")
+        if self.tensorboard is not None:  # the final validation plots and results.png
+            self.tensorboard.log_images(sorted(self.save_dir.glob("*.png")), epoch)
         for name in ("best.pt", "last.pt"):
             if (weights / name).exists():
                 save_checkpoint(final_checkpoint(load_checkpoint(weights / name)), weights / name)

@@ -1,0 +1,203 @@
+"""What a Detector call returns (``Detections``), and the drawing, crops and summary line that
+detect.py shares with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from utils.boxes import box_xyxy_to_xywh
+from utils.data.config import IMAGE_SUFFIXES
+from utils.errors import ConfigError
+from utils.paths import increment_path
+from utils.plots import draw_boxes
+
+
+def plural(name: str, count: int) -> str:
+    """English plural for the detection line: 'circle' -> 'circles', 'cross' -> 'crosses'."""
+    if count == 1:
+        return name
+    return name + ("es" if name.endswith(("s", "x", "z", "ch", "sh")) else "s")
+
+
+def describe(detections: np.ndarray | torch.Tensor, names: list[str]) -> str:
+    """'2 circles, 1 square' (class order) for detections (n, 6), or '(no detections)'."""
+    if len(detections) == 0:
+        return "(no detections)"
+    classes, counts = np.unique(np.asarray(detections[:, 5]).astype(int), return_counts=True)
+    return ", ".join(f"{n} {plural(names[c], n)}" for c, n in zip(classes.tolist(), counts.tolist()))
+
+
+def annotate(
+    image: np.ndarray,
+    detections: np.ndarray | torch.Tensor,
+    names: list[str],
+    line_thickness: int = 3,
+    hide_labels: bool = False,
+    hide_conf: bool = False,
+) -> np.ndarray:
+    """A copy of the BGR image with detections (n, 6) x1, y1, x2, y2, score, class drawn on it."""
+    return draw_boxes(
+        image.copy(),
+        detections[:, :4],
+        detections[:, 5],
+        scores=detections[:, 4],
+        names=names,
+        line_thickness=line_thickness,
+        hide_labels=hide_labels,
+        hide_conf=hide_conf,
+    )
+
+
+def crop_box(image: np.ndarray, box_xyxy: Sequence[float]) -> np.ndarray:
+    """The pixels of image inside one box (x1, y1, x2, y2), outward-rounded; may be empty."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    return image[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))]
+
+
+def save_crops(
+    image: np.ndarray, detections: np.ndarray | torch.Tensor, names: list[str], crop_dir: Path, name: Path
+) -> list[Path]:
+    """Write each box's crop as crop_dir/<class name>/<name's folders>/<name>_<i>.jpg; returns the files."""
+    written = []
+    for i, row in enumerate(np.asarray(detections).tolist()):
+        crop = crop_box(image, row[:4])
+        if crop.size:
+            path = crop_dir / names[int(row[5])] / name.parent / f"{name.name}_{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), crop)
+            written.append(path)
+    return written
+
+
+def check_outputs_apart(outputs: Sequence[Path], inputs: Sequence[str | Path]) -> None:
+    """Raises ConfigError when an output file would replace an input file."""
+    sources = {Path(p).resolve() for p in inputs}
+    for output in outputs:
+        if Path(output).resolve() in sources:
+            raise ConfigError(
+                f"writing {output} would replace the source image of the same path; write the results "
+                "to a folder that holds no source files."
+            )
+
+
+@dataclass
+class Failure:
+    """An input a Detector call left out (errors="skip"): its position, the path or 'input N', why."""
+
+    index: int
+    input: str
+    message: str
+
+
+class Detections:
+    """The detections of one Detector call, per image that loaded.
+
+    images: the images as BGR uint8 (H, W, 3) arrays. files: a name per image (the path it was read
+    from, a PIL image's file name, or imageN.jpg). names: class names. xyxy: per image Tensor[n, 6]
+    (x1, y1, x2, y2 in original pixels, confidence, class), highest confidence first; xywh has
+    (center x, center y, width, height) instead, xyxyn and xywhn are normalized by the image size.
+    input_hw: each image's letterboxed (height, width). t: (pre-process, inference, NMS) ms per image.
+    failures: the inputs left out with errors="skip".
+    """
+
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        files: list[str],
+        xyxy: list[torch.Tensor],
+        names: list[str],
+        input_hw: list[tuple[int, int]],
+        t: tuple[float, float, float],
+        failures: Sequence[Failure] = (),
+    ) -> None:
+        self.images, self.files, self.xyxy, self.names = images, files, xyxy, names
+        self.input_hw, self.t, self.failures = input_hw, t, list(failures)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _gains(self, index: int) -> torch.Tensor:
+        height, width = self.images[index].shape[:2]
+        return torch.tensor([width, height, width, height, 1.0, 1.0])
+
+    @property
+    def xywh(self) -> list[torch.Tensor]:
+        return [torch.cat((box_xyxy_to_xywh(d[:, :4]), d[:, 4:]), 1) for d in self.xyxy]
+
+    @property
+    def xyxyn(self) -> list[torch.Tensor]:
+        return [d / self._gains(i) for i, d in enumerate(self.xyxy)]
+
+    @property
+    def xywhn(self) -> list[torch.Tensor]:
+        return [d / self._gains(i) for i, d in enumerate(self.xywh)]
+
+    def __str__(self) -> str:
+        lines = []
+        for i, (file, det, (height, width)) in enumerate(zip(self.files, self.xyxy, self.input_hw)):
+            lines.append(f"image {i + 1}/{len(self)} {file}: {height}x{width} {describe(det, self.names)}")
+        lines += [f"skipped {failure.input}: {failure.message}" for failure in self.failures]
+        pre, inference, nms = self.t
+        lines.append(
+            f"Speed: {pre:.1f} ms pre-process, {inference:.1f} ms inference, {nms:.1f} ms NMS per image"
+        )
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        """One line per image (its name, letterboxed size and detections per class), then the speed."""
+        print(self)
+
+    def render(self, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False) -> list:
+        """Copies of the images with their boxes drawn (as detect.py draws them)."""
+        return [
+            annotate(image, det, self.names, line_thickness, hide_labels, hide_conf)
+            for image, det in zip(self.images, self.xyxy)
+        ]
+
+    def output_names(self) -> list[str]:
+        """A distinct file name per image: its own name, '_2', '_3', ... added to repeats, .jpg if it has
+        no image suffix."""
+        names, seen = [], set()
+        for file in self.files:
+            path = Path(file)
+            stem, suffix = path.stem, path.suffix if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
+            name, k = stem + suffix, 1
+            while name in seen:
+                k += 1
+                name = f"{stem}_{k}{suffix}"
+            seen.add(name)
+            names.append(name)
+        return names
+
+    def save(self, save_dir: str | Path = "runs/detect/exp", exist_ok: bool = False, **style) -> Path:
+        """Write the annotated images (``render(**style)``) into save_dir (exp2, exp3, ... when it exists,
+        unless exist_ok); returns the folder. Never replaces an input image."""
+        save_dir = increment_path(save_dir, exist_ok)
+        outputs = [save_dir / name for name in self.output_names()]
+        check_outputs_apart(outputs, [f for f in self.files if Path(f).is_file()])
+        for name, annotated in zip(self.output_names(), self.render(**style)):
+            cv2.imwrite(str(save_dir / name), annotated)
+        return save_dir
+
+    def crop(self, save_dir: str | Path | None = None, exist_ok: bool = False) -> list[dict]:
+        """Every box's crop: dicts with "box" Tensor[4] (x1, y1, x2, y2), "conf", "cls", "label" ('circle
+        0.87'), "image" (BGR crop) and "file". With save_dir, also written as
+        save_dir/crops/<class>/<image name>_<i>.jpg."""
+        crops = []
+        folder = increment_path(save_dir, exist_ok) / "crops" if save_dir is not None else None
+        for image, det, file, name in zip(self.images, self.xyxy, self.files, self.output_names()):
+            for row in det.tolist():
+                label = f"{self.names[int(row[5])]} {row[4]:.2f}"
+                crops.append(
+                    {"box": torch.tensor(row[:4]), "conf": row[4], "cls": int(row[5]), "label": label,
+                     "image": crop_box(image, row[:4]), "file": file}
+                )  # fmt: skip
+            if folder is not None:
+                save_crops(image, det, self.names, folder, Path(Path(name).stem))
+        return crops

@@ -1,0 +1,214 @@
+"""The detector for Python code: weights in, detections in original-image pixels out.
+
+    detector = Detector("best.pt")  # a training-form or fused .pt, or an .onnx export
+    results = detector(["a.jpg", pil_image, frame_bgr], size=640)
+    results.print()
+    results.xyxy[0]  # Tensor[n, 6]: x1, y1, x2, y2 (pixels of a.jpg), confidence, class
+
+Each image is letterboxed on its own, padded only up to the stride as detect.py does, so its detections
+do not depend on the other images of the call (up to the rounding of a batched convolution); images
+whose letterboxed shapes match run as one batch. detect.py is a command line over this class.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from utils.boxes import scale_boxes_to_original
+from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
+from utils.data.sources import read_image
+from utils.deploy.backend import InferenceModel, TorchInferenceModel, load_inference_model
+from utils.deploy.detections import Detections, Failure
+from utils.device import select_device, time_sync
+from utils.errors import ConfigError, ImageError
+from utils.nms import non_max_suppression
+
+LOGGER = logging.getLogger(__name__)
+
+MAX_BATCH = 32  # images per forward pass
+ImageInput = Union[str, Path, np.ndarray, Image.Image]
+
+
+def load_input(item: Any, index: int) -> tuple[str, np.ndarray]:
+    """(a name, the image as BGR uint8 (H, W, 3)) for one detector input: a path, a PIL image (converted
+    to RGB, EXIF orientation applied as cv2.imread does) or an OpenCV-style BGR uint8 array. Raises
+    ImageError (ImageNotFoundError for a missing path) naming the input."""
+    if isinstance(item, (str, Path)):
+        if str(item).startswith(("http://", "https://")):
+            raise ImageError(f"input {index} is a URL ({item}); download it first, the detector reads files.")
+        return str(item), read_image(item)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3 or 0 in item.shape:
+            raise ImageError(
+                f"input {index} is an array of shape {item.shape} and dtype {item.dtype}; pass a BGR uint8 "
+                "array of shape (H, W, 3) as OpenCV reads it."
+            )
+        return f"image{index}.jpg", np.ascontiguousarray(item)
+    if isinstance(item, Image.Image):
+        name = Path(getattr(item, "filename", "") or f"image{index}.jpg").name
+        rgb = np.asarray(ImageOps.exif_transpose(item).convert("RGB"))
+        return name, np.ascontiguousarray(rgb[..., ::-1])
+    raise ImageError(
+        f"input {index} is a {type(item).__name__}; pass an image path, a PIL image or a BGR uint8 numpy "
+        "array (H, W, 3)."
+    )
+
+
+@dataclass
+class _Prepared:
+    """One image ready for the network: its letterboxed uint8 tensor (3, h, w) and how to map back."""
+
+    index: int  # position among the images that loaded
+    tensor: torch.Tensor
+    ratio_pad: tuple[tuple[float, float], tuple[float, float]]
+    original_hw: tuple[int, int]
+
+
+class Detector:
+    """Detect objects in images with any weights RepYOLO writes (see module docstring).
+
+    Settings used by every call (set them as attributes, yolov5-style, or pass them to a call):
+    size (int or (h, w); None: the size the model was trained or exported at, else 640), conf (score
+    threshold), iou (NMS IoU threshold), classes (keep only these class indices; None: all), agnostic
+    (suppress across classes), max_det (boxes per image).
+    """
+
+    def __init__(self, weights: str | Path | InferenceModel | torch.nn.Module, device: str = "") -> None:
+        if isinstance(weights, InferenceModel):
+            self.model = weights
+        elif isinstance(weights, torch.nn.Module):  # e.g. an untrained models.yolo.Model
+            torch_device = select_device(device)
+            self.model = TorchInferenceModel(weights.float().eval().to(torch_device), torch_device)
+        else:
+            self.model = load_inference_model(weights, device)
+        self.names = self.model.names
+        self.size: int | Sequence[int] | None = None
+        self.conf, self.iou, self.max_det = 0.25, 0.45, 1000
+        self.classes: list[int] | None = None
+        self.agnostic = False
+
+    def input_hw(self, size: int | Sequence[int] | None = None) -> tuple[int, int]:
+        """(height, width) to letterbox to: a static ONNX graph's own size, else ``size`` (default: the
+        detector's) rounded up to the stride. Raises ConfigError for a size below 1."""
+        if size is None:
+            size = self.size if self.size is not None else self.model.train_img_size or 640
+        whole = (int, np.integer)
+        sizes = list(size) * (2 if len(size) == 1 else 1) if isinstance(size, (list, tuple)) else [size] * 2
+        bad = [s for s in sizes if not isinstance(s, whole) or s < 1]
+        if len(sizes) != 2 or bad:
+            named = bad[0] if bad else size
+            raise ConfigError(f"image size {named} is not usable; give a positive whole number such as 640.")
+        model = self.model
+        if model.fixed_input_hw is not None:
+            if tuple(sizes) != model.fixed_input_hw:
+                LOGGER.info(
+                    "using the ONNX model's fixed input size %s instead of %s", model.fixed_input_hw, sizes
+                )
+            return model.fixed_input_hw
+        height = check_img_size(sizes[0], model.stride)
+        return height, height if sizes[1] == sizes[0] else check_img_size(sizes[1], model.stride)
+
+    def check_classes(self, classes: list[int] | None) -> None:
+        """Raises ConfigError when a class index is not one this model predicts."""
+        nc = self.model.nc
+        wrong = [c for c in classes or [] if not 0 <= int(c) < nc]
+        if wrong:
+            listed = ", ".join(self.names[:10]) + (", ..." if nc > 10 else "")
+            raise ConfigError(
+                f"class indices {wrong} are out of range: this model predicts {nc} classes, 0 to {nc - 1} "
+                f"({listed}); pick indices in that range."
+            )
+
+    def warmup(self, size: int | Sequence[int] | None = None) -> None:
+        self.model.warmup(self.input_hw(size))
+
+    def __call__(
+        self,
+        inputs: ImageInput | Sequence[ImageInput],
+        size: int | Sequence[int] | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        classes: list[int] | None = None,
+        max_det: int | None = None,
+        errors: str = "raise",
+    ) -> Detections:
+        """Detect in one input or a list of them (paths, PIL images, BGR uint8 arrays, mixed).
+
+        errors: "raise" (an unusable input raises ImageError naming it) or "skip" (it is left out, with a
+        warning, and recorded in the result's ``failures``).
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}.")
+        classes = classes if classes is not None else self.classes
+        self.check_classes(classes)
+        img_hw = self.input_hw(size)
+        start = time_sync()
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        files, images, prepared, failures = [], [], [], []
+        for index, item in enumerate(items):
+            try:
+                name, image = load_input(item, index)
+                prepared.append(self._prepare(image, img_hw, len(images)))
+            except Exception as error:  # a decoder or resize error is as much this image's fault
+                if errors == "raise":
+                    raise
+                named = str(item) if isinstance(item, (str, Path)) else f"input {index}"
+                failures.append(Failure(index, named, str(error)))
+                LOGGER.warning("WARNING: skipping %s: %s", failures[-1].input, error)
+                continue
+            files.append(name)
+            images.append(image)
+        seconds = np.array([time_sync() - start, 0.0, 0.0])
+        thresholds = dict(
+            conf_thres=self.conf if conf is None else conf,
+            iou_thres=self.iou if iou is None else iou,
+            classes=classes,
+            agnostic=self.agnostic,
+            max_det=self.max_det if max_det is None else max_det,
+        )
+        detections = self._detect(prepared, thresholds, seconds)
+        return Detections(
+            images,
+            files,
+            detections,
+            self.names,
+            input_hw=[tuple(p.tensor.shape[1:]) for p in prepared],
+            t=tuple(float(s) * 1000 / max(len(images), 1) for s in seconds),
+            failures=failures,
+        )
+
+    def _prepare(self, image: np.ndarray, img_hw: tuple[int, int], index: int) -> _Prepared:
+        auto = self.model.fixed_input_hw is None  # minimal padding unless the graph wants one exact size
+        boxed, ratio, pad = letterbox(image, img_hw, auto=auto, stride=self.model.stride)
+        return _Prepared(index, image_to_tensor(boxed), (ratio, pad), image.shape[:2])
+
+    def _detect(self, prepared: list[_Prepared], thresholds: dict, seconds: np.ndarray) -> list[torch.Tensor]:
+        """Per image Tensor[n, 6] (x1, y1, x2, y2 original pixels, score, class) on the CPU; adds the
+        inference and NMS times to seconds[1:]."""
+        groups: dict[tuple[int, ...], list[_Prepared]] = {}
+        for item in prepared:
+            groups.setdefault(tuple(item.tensor.shape), []).append(item)
+        detections: list[torch.Tensor] = [torch.zeros(0, 6)] * len(prepared)
+        for group in groups.values():
+            for first in range(0, len(group), MAX_BATCH):
+                chunk = group[first : first + MAX_BATCH]
+                stacked = time_sync()
+                batch = torch.stack([p.tensor for p in chunk]).to(self.model.device).float() / 255
+                start = time_sync()
+                seconds[0] += start - stacked
+                prediction = self.model(batch)  # (B, N, 5 + nc) cx, cy, w, h (input pixels), obj, classes
+                inferred = time_sync()
+                kept = non_max_suppression(prediction, **thresholds)
+                for item, det in zip(chunk, kept):
+                    det = det.detach().cpu().float().clone()
+                    scale_boxes_to_original(det[:, :4], item.original_hw, item.ratio_pad)
+                    detections[item.index] = det
+                seconds[1:] += (inferred - start, time_sync() - inferred)
+        return detections
