@@ -6,10 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from utils.errors import ConfigError, ConfigNotFoundError
-from utils.paths import ROOT
+from utils.paths import ROOT, load_yaml_mapping
 
 UNIMPLEMENTED = ("copy_paste",)  # yolov5 hyperparameters this project does not implement
 
@@ -86,11 +84,5 @@ def load_hyp(path: str | Path | None = None) -> Hyp:
         path = ROOT / "data" / "hyps" / path.name
     if not path.exists():
         raise ConfigNotFoundError(f"Hyperparameter file {path} does not exist; pass a YAML from data/hyps/.")
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML ({error}); fix its syntax.") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} is not a mapping of hyperparameter names to values; see data/hyps/.")
+    values = load_yaml_mapping(path, ConfigError, "hyperparameter names to values (see data/hyps/)")
     return Hyp.from_dict(values, source=str(path))

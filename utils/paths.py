@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 # Fault injection for the crash-safety test: with REPYOLO_KILL_AT_WRITE=N the process kills itself
 # (SIGKILL, as a power cut would) at the N-th write point of atomic_open, counted from 1.
@@ -53,6 +55,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_open(path, "w") as file:
         file.write(text)
     return Path(path)
+
+
+def load_yaml_mapping(path: Path, error: type[Exception], expected: str) -> dict:
+    """The mapping a YAML file holds ({} for an empty file); ``error`` (one sentence naming the file)
+    for a syntax error or a file that is not a mapping, ``expected`` saying what it should hold."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as problem:
+        raise error(f"{path} is not valid YAML ({problem}); fix its syntax.") from None
+    if not isinstance(values, dict):
+        raise error(f"{path} must be a mapping of {expected}.")
+    return values
 
 
 def _umask() -> int:

@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from utils.errors import DataError, DataNotFoundError
-from utils.paths import ROOT
+from utils.paths import ROOT, load_yaml_mapping
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BUNDLED_DATA = ROOT / "data" / "shapes.yaml"
@@ -71,13 +69,7 @@ def load_data_config(path: str | Path | None = None) -> dict:
             f"Data file {yaml_file} does not exist; pass a dataset YAML such as data/coco.yaml."
         )
     yaml_file = yaml_file.resolve()
-    try:
-        with open(yaml_file) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as error:
-        raise DataError(f"{yaml_file} is not valid YAML ({error}); fix the syntax.") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{yaml_file} must be a mapping with train/val/nc/names keys; see data/coco.yaml.")
+    data = load_yaml_mapping(yaml_file, DataError, "train/val/nc/names keys (see data/coco.yaml)")
     root = _resolve_root(data, yaml_file)
     if "generate" in data:  # the bundled synthetic dataset: create it on first use
         from utils.data.synthetic import ensure_dataset
