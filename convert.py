@@ -1,6 +1,7 @@
 """Fuse a trained RepYOLO checkpoint for deployment, verify it, and optionally export ONNX.
 
     python convert.py --weights runs/train/exp/weights/best.pt [--img 640] [--onnx] [--dynamic]
+    python convert.py --weights best.pt --openvino --int8       # + OpenVINO IR, INT8 ONNX and INT8 IR
 
 Every RepVGG block and every Conv+BN of the training form becomes one conv. The fused model is
 checked against the training form on real images from the checkpoint's dataset (random input
@@ -15,9 +16,19 @@ import logging
 import sys
 from pathlib import Path
 
+import onnx as onnx_lib
+
 from utils.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.data.preprocess import check_img_size
-from utils.deploy.export import export_and_check
+from utils.deploy.export import (
+    MAX_ONNX_RELATIVE_ERROR,
+    compare_with_model,
+    export_and_check,
+    export_openvino,
+    openvino_folder,
+    read_metadata,
+    write_openvino_metadata,
+)
 from utils.deploy.fuse import (
     MAX_RELATIVE_ERROR,
     format_report,
@@ -25,6 +36,12 @@ from utils.deploy.fuse import (
     fusion_report,
     training_img_size,
     verification_input,
+)
+from utils.deploy.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    calibration_files,
+    quantize_onnx,
+    quantize_openvino,
 )
 from utils.device import select_device
 from utils.errors import USER_ERRORS, CheckpointError, ConversionError
@@ -54,6 +71,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--onnx", action="store_true", help="also export <output stem>.onnx and check it")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--dynamic", action="store_true", help="ONNX with dynamic batch, height and width")
+    parser.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also write an OpenVINO IR, <stem>_openvino_model/ (implies --onnx)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write INT8 models: <stem>_int8.onnx (ONNX Runtime) and, with --openvino, "
+        "<stem>_int8_openvino_model/ (NNCF); implies --onnx",
+    )
+    parser.add_argument(
+        "--calib",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="INT8 calibration images (default %(default)s)",
+    )
+    parser.add_argument(
+        "--calib-data",
+        default=None,
+        help="calibration images: a dataset YAML (its train split), a folder or a .txt list "
+        "(default: the checkpoint's training split)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or a CUDA index such as 0")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per model for the latency rows")
     parser.add_argument(
@@ -100,6 +140,10 @@ def run(
     device: str = "cpu",
     runs: int = 10,
     threads: int = 0,
+    openvino: bool = False,
+    int8: bool = False,
+    calib: int = DEFAULT_CALIBRATION_IMAGES,
+    calib_data: str | Path | None = None,
 ) -> dict:
     """Convert ``weights``; returns the report as a dict (also printed). Raises ConversionError.
 
@@ -109,6 +153,8 @@ def run(
     device = select_device(device)
     ckpt = load_checkpoint(weights)
     img_size = img_size or training_img_size(ckpt)
+    onnx = onnx or openvino or int8
+    calibration = calibration_files(ckpt, calib_data, calib) if int8 else []  # fail before any work
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}
@@ -118,6 +164,9 @@ def run(
             images = verification_input(ckpt, img_size, device)[0]
             report["onnx"] = export_and_check(
                 model, weights.with_suffix(".onnx"), images, opset, dynamic, runs, threads
+            )
+            report["runtimes"] = export_runtimes(
+                model, weights.with_suffix(".onnx"), images, openvino, calibration
             )
         return report
     output = Path(output) if output else default_output(weights)
@@ -141,10 +190,41 @@ def run(
     print(format_report(report))
     print(f"Saved the fused checkpoint to {output}")
     if onnx:
+        onnx_path = output.with_suffix(".onnx")
         report["onnx"] = export_and_check(
-            result["fused"], output.with_suffix(".onnx"), result["images"], opset, dynamic, runs, threads
+            result["fused"], onnx_path, result["images"], opset, dynamic, runs, threads
+        )
+        report["runtimes"] = export_runtimes(
+            result["fused"], onnx_path, result["images"], openvino, calibration
         )
     return report
+
+
+def export_runtimes(model, onnx_path: Path, images, openvino: bool, calibration: list[str]) -> dict:
+    """The OpenVINO IR and the INT8 models beside ``onnx_path``, each checked against PyTorch on
+    ``images``; returns {artefact path: its comparison}."""
+    img_size = int(images.shape[-1])
+    written = {}
+    if openvino:
+        xml = export_openvino(onnx_path)
+        written[str(xml.parent)] = compare_with_model(model, xml.parent, images, MAX_ONNX_RELATIVE_ERROR)
+    if calibration:
+        int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
+        kept = quantize_onnx(onnx_path, int8_onnx, calibration, img_size)
+        LOGGER.info(
+            "INT8: calibrated on %d images; %d nodes after the last convolutions (the box decode) stay "
+            "float: %s",
+            len(calibration),
+            len(kept),
+            ", ".join(kept),
+        )
+        written[str(int8_onnx)] = compare_with_model(model, int8_onnx, images, None)
+        if openvino:
+            int8_dir = openvino_folder(int8_onnx)
+            quantize_openvino(xml, int8_dir / f"{int8_onnx.stem}.xml", calibration, img_size, kept)
+            write_openvino_metadata(int8_dir, read_metadata(onnx_lib.load(str(int8_onnx))))
+            written[str(int8_dir)] = compare_with_model(model, int8_dir, images, None)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:

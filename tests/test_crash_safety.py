@@ -5,7 +5,8 @@ uninterrupted run, and results.csv holds each epoch exactly once.
 
 The kill is driven by utils.paths.KILL_AT_WRITE. A kill inside an epoch, between two writes, leaves the
 same files as a kill at the write point before it, so the write points cover every moment of the run.
-Runs are forked from this process so each costs no interpreter or torch start-up.
+Runs are forked from a fork server that has imported the trainer once, so each costs no interpreter or
+torch start-up, and none inherits the threads of native runtimes other tests loaded into this process.
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ def _child(options: dict, kill_at: int | None, count_file: str | None) -> None:
 
 
 def run_forked(options: dict, kill_at: int | None = None, count_file: str | None = None) -> int:
-    process = multiprocessing.get_context("fork").Process(target=_child, args=(options, kill_at, count_file))
+    process = fork_server().Process(target=_child, args=(options, kill_at, count_file))
     process.start()
     process.join(120)
     return process.exitcode
+
+
+def fork_server():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def epochs_in(results_csv) -> list[int]:
@@ -53,7 +60,7 @@ def epochs_in(results_csv) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the training runs")
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="forks the runs")
 def test_killed_at_every_write_point_resumes_to_the_same_run(tmp_path):
     data_yaml, model_yaml = make_tiny_dataset(tmp_path, train_images=4, val_images=2)
     data = load_data_config(data_yaml)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import multiprocessing
 import os
 import stat
 
@@ -19,6 +18,7 @@ import convert
 import train
 import utils.paths
 from tests.helpers import make_tiny_dataset, write_tiny_checkpoint
+from tests.test_crash_safety import fork_server
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.data.labels import scan_files, summarize
 from utils.data.preprocess import letterbox
@@ -91,7 +91,7 @@ def test_results_rewrite_killed_midway_keeps_the_history(tmp_path):
     for epoch in range(3):
         table.append({column: float(epoch) for column in RESULTS_COLUMNS} | {"epoch": epoch})
     before = (tmp_path / "results.csv").read_text()
-    process = multiprocessing.get_context("fork").Process(target=_truncate_and_die, args=(str(table.path),))
+    process = fork_server().Process(target=_truncate_and_die, args=(str(table.path),))
     process.start()
     process.join(60)
     assert process.exitcode == -9  # killed at the rewrite, as a resume's truncation might be

@@ -18,10 +18,12 @@ from typing import Any
 
 import onnx
 import torch
+import yaml
 from torch import nn
 
 from utils.deploy.timing import interleaved_latency
 from utils.errors import ConversionError
+from utils.paths import write_text_atomic
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,6 +86,29 @@ def export_onnx(
     onnx.checker.check_model(onnx_model)
     onnx.save(onnx_model, str(path))
     return path
+
+
+def openvino_folder(onnx_path: Path) -> Path:
+    """yolov5's naming: best_fused.onnx -> best_fused_openvino_model/ beside it."""
+    return onnx_path.with_name(f"{onnx_path.stem}_openvino_model")
+
+
+def export_openvino(onnx_path: Path, folder: Path | None = None) -> Path:
+    """Convert an ONNX export to an OpenVINO IR (FP32 weights) in ``folder`` (default: openvino_folder),
+    with the ONNX file's metadata (names, stride, input size) as metadata.yaml beside the .xml.
+    Returns the .xml path."""
+    import openvino as ov
+
+    folder = folder or openvino_folder(onnx_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    xml = folder / f"{onnx_path.stem}.xml"
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    write_openvino_metadata(folder, read_metadata(onnx.load(str(onnx_path), load_external_data=False)))
+    return xml
+
+
+def write_openvino_metadata(folder: Path, metadata: dict[str, Any]) -> Path:
+    return write_text_atomic(folder / "metadata.yaml", yaml.safe_dump(metadata, sort_keys=False))
 
 
 def read_metadata(onnx_model: onnx.ModelProto) -> dict[str, Any]:
@@ -212,3 +237,24 @@ def export_and_check(
         "max_rel_error": max_rel,
         "latency_ms": latency,
     }
+
+
+def compare_with_model(model: nn.Module, weights: Path, images: torch.Tensor, limit: float | None) -> dict:
+    """Run an exported artefact (any weights load_inference_model takes) and the PyTorch model on
+    ``images``; print and return the largest deviation. limit: the relative error above which the export
+    is refused (None for INT8, whose deviation is the quantization's and is judged by its mAP)."""
+    from utils.deploy.backend import load_inference_model
+
+    runtime = load_inference_model(weights, "cpu")
+    with torch.no_grad():
+        reference = model(images).cpu()
+    predicted = runtime(images.cpu())
+    max_abs = float((predicted - reference).abs().max())
+    max_rel = max_abs / max(float(reference.abs().max()), 1e-12)
+    print(f"{runtime.kind} {weights}: vs PyTorch max abs error {max_abs:.3g}, max rel error {max_rel:.3g}")
+    if limit is not None and not max_rel <= limit:
+        raise ConversionError(
+            f"{weights} differs from PyTorch by relative error {max_rel:.3g} (limit {limit:g}); "
+            "do not deploy it."
+        )
+    return {"path": str(weights), "kind": runtime.kind, "max_abs_error": max_abs, "max_rel_error": max_rel}

@@ -1,0 +1,142 @@
+"""convert.py --openvino / --int8: the OpenVINO IR agrees with PyTorch, the INT8 graphs keep the head
+float, val.py and detect.py run every artefact, and bad input is one sentence.
+
+Run by tests/test_int8_openvino.py in a pytest process of its own: OpenVINO's native thread state can
+crash a later fork of the process that used it (the data loader's workers, the crash tests' runs).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import onnx
+import pytest
+import yaml
+
+import convert
+import detect
+import val
+from tests.helpers import NAMES, write_images, write_tiny_checkpoint
+from utils.deploy.backend import load_inference_model
+from utils.deploy.quantize import decode_tail_nodes
+from utils.errors import DataError, WeightsError
+from utils.paths import ROOT
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny checkpoint whose training split has images, converted with --openvino --int8 by convert.py
+    as a user runs it; the errors it prints against PyTorch per artefact."""
+    root = tmp_path_factory.mktemp("int8")
+    images = root / "data" / "images"
+    write_images(images, count=6, size=(64, 64))
+    data = {"train": [str(images)], "val": [str(images)], "nc": len(NAMES), "names": NAMES}
+    checkpoint = write_tiny_checkpoint(root / "best.pt", data=data)
+    command = [sys.executable, "convert.py", "--weights", str(checkpoint), "--img", "64", "--runs", "1",
+               "--openvino", "--int8", "--calib", "4"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    errors = {
+        match[1]: float(match[2])
+        for match in re.finditer(
+            r"^\w+ (\S+): vs PyTorch max abs error \S+, max rel error (\S+)$", done.stdout, re.M
+        )
+    }
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root / "data"), "train": "images",
+                                                    "val": "images", "names": NAMES}))  # fmt: skip
+    return root, errors
+
+
+def test_every_artefact_is_written_with_yolov5_names(exported):
+    root, errors = exported
+    expected = ["best_fused.onnx", "best_fused_openvino_model", "best_fused_int8.onnx",
+                "best_fused_int8_openvino_model"]  # fmt: skip
+    assert all((root / name).exists() for name in expected)
+    for folder in ("best_fused_openvino_model", "best_fused_int8_openvino_model"):
+        metadata = yaml.safe_load((root / folder / "metadata.yaml").read_text())
+        assert metadata["names"] == NAMES and metadata["stride"] == 32 and metadata["img_size"] == [64, 64]
+    assert set(errors) == {str(root / name) for name in expected[1:]}
+
+
+def test_openvino_fp32_agrees_with_pytorch_and_int8_stays_close(exported):
+    root, errors = exported
+    assert errors[str(root / "best_fused_openvino_model")] < 1e-4
+    for name in ("best_fused_int8.onnx", "best_fused_int8_openvino_model"):
+        assert errors[str(root / name)] < 0.05, name  # 8-bit round-off, not broken boxes
+
+
+def test_the_head_stays_float_in_both_int8_graphs(exported):
+    root, _ = exported
+    tail = set(decode_tail_nodes(onnx.load(str(root / "best_fused.onnx"))))
+    assert sum(name.endswith("/Conv") for name in tail) == 3  # the Detect layer's three 1x1 convs
+    quantized = onnx.load(str(root / "best_fused_int8.onnx"))
+    producers = {output: node for node in quantized.graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in quantized.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for node in quantized.graph.node:
+        if node.name not in tail:
+            continue
+        float_inputs = (
+            node.input[1:] if node.op_type == "Conv" else node.input
+        )  # a head conv reads int8 features
+        assert all(
+            producers[name].op_type != "DequantizeLinear" for name in float_inputs if name in producers
+        ), node.name
+        assert all(c.op_type != "QuantizeLinear" for out in node.output for c in consumers.get(out, [])), (
+            node.name
+        )
+    assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+
+    import openvino as ov
+
+    model = ov.Core().read_model(str(root / "best_fused_int8_openvino_model" / "best_fused_int8.xml"))
+    fake_quantized = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fake_quantized
+    for op in model.get_ops():
+        if op.get_friendly_name() in tail and op.get_type_name() != "Convolution":
+            sources = [port.get_source_output().get_node().get_type_name() for port in op.inputs()]
+            assert "FakeQuantize" not in sources, op.get_friendly_name()
+
+
+def test_val_and_detect_run_every_artefact(exported, tmp_path):
+    root, _ = exported
+    for name in ("best_fused_openvino_model", "best_fused_openvino_model/best_fused.xml",
+                 "best_fused_int8.onnx", "best_fused_int8_openvino_model"):  # fmt: skip
+        weights = root / name
+        model = load_inference_model(weights)
+        assert model.names == NAMES and model.fixed_input_hw == (64, 64)
+        results = val.run(data=root / "data.yaml", weights=weights, workers=0, project=tmp_path, name="v",
+                          plots=False, quiet=True)  # fmt: skip
+        assert results["images"] == 6
+        detections = detect.run(
+            weights, source=root / "data" / "images", project=tmp_path, name="d", nosave=True
+        )
+        assert len(detections) == 6
+
+
+def test_bad_input_is_one_sentence(exported, tmp_path, capsys):
+    root, _ = exported
+    bare = write_tiny_checkpoint(tmp_path / "bare.pt")  # records no dataset: nothing to calibrate on
+    with pytest.raises(
+        DataError, match="INT8 calibration needs images .* pass calibration images with --calib-data"
+    ):
+        convert.run(bare, img_size=64, runs=1, int8=True)
+    assert not (tmp_path / "bare_fused.pt").exists()  # refused before any work
+    convert.run(bare, img_size=64, runs=1, int8=True, calib=2, calib_data=root / "data" / "images")
+    assert (tmp_path / "bare_fused_int8.onnx").is_file()
+    broken = tmp_path / "broken_openvino_model"
+    broken.mkdir()
+    (broken / "broken.xml").write_text("<net>not an IR")
+    (broken / "metadata.yaml").write_text(yaml.safe_dump({"names": NAMES, "stride": 32}))
+    with pytest.raises(WeightsError, match="is corrupt or not an OpenVINO IR"):
+        load_inference_model(broken)
+    with pytest.raises(SystemExit) as exit_info:
+        detect.main(["--weights", str(broken), "--source", str(root / "data" / "images")])
+    assert exit_info.value.code == 2 and "not an OpenVINO IR" in capsys.readouterr().err
