@@ -35,6 +35,16 @@ def test_parameter_counts_match_yolov5(size):
         assert count_parameters(rep.reparameterize()) == PARAMETERS[size][1]
 
 
+@pytest.mark.parametrize("size", ["n", "s"])
+@pytest.mark.parametrize("variant", ["acb", "dbb", "orepa", "mobileone", "qa"])
+def test_fused_variant_has_the_parameter_count_of_fused_yolov5(size, variant):
+    with torch.device("meta"):
+        model = Model(f"repyolov5{size}-{variant}.yaml")
+        assert count_parameters(model) > PARAMETERS[size][0]
+        assert count_parameters(model.reparameterize()) == PARAMETERS[size][1]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
 def test_repyolov5s_fused_has_no_batchnorm_or_branches():
     model = Model("repyolov5s.yaml").reparameterize()
     assert count_parameters(model) == 7_225_885
