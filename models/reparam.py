@@ -129,9 +129,9 @@ def spread_1x1(kernel_1x1: Tensor, window: Tensor) -> Tensor:
     return kernel_1x1 * window
 
 
-def scaled_sum(kernels: list[Tensor], scales: Tensor) -> Tensor:
-    """OREPA's online merge: sum_b scales[b, o] * kernels[b][o]; scales Tensor[branches, out]."""
-    return sum(scale.reshape(-1, 1, 1, 1) * kernel for scale, kernel in zip(scales, kernels))
+def scale_output_channels(kernel: Tensor, scale: Tensor) -> Tensor:
+    """kernel Tensor[out, ...] times scale Tensor[out] per output channel (OREPA's branch scales)."""
+    return kernel * scale.reshape(-1, *([1] * (kernel.dim() - 1)))
 
 
 def conv_from_kernel(template: nn.Conv2d, kernel: Tensor, bias: Tensor) -> nn.Conv2d:

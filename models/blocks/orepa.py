@@ -22,7 +22,7 @@ from models.reparam import (
     fuse_conv_bn,
     identity_kernel,
     pad_kernel_center,
-    scaled_sum,
+    scale_output_channels,
     spread_1x1,
 )
 
@@ -63,17 +63,26 @@ class OREPABlock(ReparamBlock):
         self.bn = batch_norm(out_channels)
 
     def merged_kernel(self) -> Tensor:
-        """The one kernel Tensor[out, in/groups, k, k] the branches amount to, differentiable."""
-        kernels = [
-            self.weight_kxk,
-            pad_kernel_center(self.weight_1x1, self.kernel_size),
-            compose_kernels(self.weight_1x1_kxk_first, self.weight_1x1_kxk_second, self.groups),
-            spread_1x1(self.weight_1x1_avg, self.average_window),
-        ]
-        return scaled_sum(kernels, self.branch_scales)
+        """The one kernel Tensor[out, in/groups, k, k] the branches amount to, differentiable.
+
+        The 1x1 kernels are scaled before they are spread to kxk, so that autograd keeps no kxk-sized
+        copies of them for the backward pass (training memory stays close to a plain conv's).
+        """
+        scale_kxk, scale_1x1, scale_1x1_kxk, scale_avg = self.branch_scales
+        composed = compose_kernels(self.weight_1x1_kxk_first, self.weight_1x1_kxk_second, self.groups)
+        return (
+            scale_output_channels(self.weight_kxk, scale_kxk)
+            + pad_kernel_center(scale_output_channels(self.weight_1x1, scale_1x1), self.kernel_size)
+            + scale_output_channels(composed, scale_1x1_kxk)
+            + spread_1x1(scale_output_channels(self.weight_1x1_avg, scale_avg), self.average_window)
+        )
 
     def forward_branches(self, x: Tensor) -> Tensor:
+        # The merged kernel in the input's layout: a contiguous kernel against a channels_last input (as
+        # train_step runs the model) sends the conv, BN and SiLU gradients through slow layout conversions.
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
         kernel = self.merged_kernel()
+        kernel = kernel.contiguous(memory_format=layout) if layout is not None else kernel
         return self.bn(F.conv2d(x, kernel, None, self.stride, self.padding, 1, self.groups))
 
     def fused_kernel_bias(self) -> KernelBias:
