@@ -1,7 +1,7 @@
 """The re-parameterization family side by side: plain yolov5s and every re-parameterized s-variant.
 
     python -m bench.blocks [--img 320] [--batch-size 8] [--threads 2] [--rounds 3] [--steps 5]
-                           [--epochs N] [--json blocks.json] [--device cpu]
+                           [--epochs N] [--json blocks.json] [--device cpu] [--models ...]
 
 One table, one run on this machine. Per model:
   train img/s   images per second of the library's own training step (utils.train.epoch.train_step with
@@ -175,6 +175,7 @@ def run(
     models: Sequence[str] = MODELS,
 ) -> dict[str, dict]:
     """Measure, print the table and return {cfg: {column: value}} (also written to json_path)."""
+    models = [PLAIN, *(cfg for cfg in models if cfg != PLAIN)]  # the ratios' reference is always measured
     nc = int(load_data_config(None)["nc"])
     training = measure_training(models, nc, img_size, batch_size, steps, threads, rounds, device)
     torch.set_num_threads(threads)
@@ -207,6 +208,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", dest="json_path", default=None, help="write the results to this file")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--project", default="runs/bench-blocks", help="where --epochs runs are saved")
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), help=f"model YAMLs (default: all; the first is {PLAIN})"
+    )
     return parser.parse_args(argv)
 
 

@@ -16,22 +16,11 @@ class ACBlock(ReparamBlock):
     groups=1].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = "SiLU",
-        deploy: bool = False,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, groups, activation, deploy)
-        if not deploy:
-            pad = self.padding
-            self.branch_kxk = conv_bn(in_channels, out_channels, kernel_size, stride, groups)
-            self.branch_1xk = conv_bn(in_channels, out_channels, (1, kernel_size), stride, groups, (0, pad))
-            self.branch_kx1 = conv_bn(in_channels, out_channels, (kernel_size, 1), stride, groups, (pad, 0))
+    def build_branches(self) -> None:
+        geometry, k, pad = (self.in_channels, self.out_channels), self.kernel_size, self.padding
+        self.branch_kxk = conv_bn(*geometry, k, self.stride, self.groups)
+        self.branch_1xk = conv_bn(*geometry, (1, k), self.stride, self.groups, (0, pad))
+        self.branch_kx1 = conv_bn(*geometry, (k, 1), self.stride, self.groups, (pad, 0))
 
     def forward_branches(self, x: Tensor) -> Tensor:
         return self.branch_kxk(x) + self.branch_1xk(x) + self.branch_kx1(x)

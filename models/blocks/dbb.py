@@ -41,21 +41,14 @@ class BatchNormPad(nn.Module):
 
 
 def sequential_1x1_kxk(
-    in_channels: int,
-    middle: int,
-    out_channels: int,
-    second: nn.Module,
-    bn_out: bool,
-    groups: int,
-    padding: int,
+    in_channels: int, middle: int, out_channels: int, second: nn.Module, groups: int, padding: int
 ) -> nn.Sequential:
-    """1x1 conv -> BN with BN-valued padding -> `second` (a kxk conv or average pool) [-> BN]."""
+    """1x1 conv -> BN with BN-valued padding -> `second` (a kxk conv or average pool) -> BN."""
     branch = nn.Sequential()
     branch.add_module("conv_1x1", nn.Conv2d(in_channels, middle, 1, groups=groups, bias=False))
     branch.add_module("bn_pad", BatchNormPad(middle, padding))
     branch.add_module("second", second)
-    if bn_out:
-        branch.add_module("bn", batch_norm(out_channels))
+    branch.add_module("bn", batch_norm(out_channels))
     return branch
 
 
@@ -66,31 +59,20 @@ class DiverseBranchBlock(ReparamBlock):
     that branch begins as a second kxk conv. YAML args: [out_channels, kernel_size=3, stride=1, groups=1].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = "SiLU",
-        deploy: bool = False,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, groups, activation, deploy)
-        if deploy:
-            return
-        pad = self.padding
-        self.branch_kxk = conv_bn(in_channels, out_channels, kernel_size, stride, groups)
+    def build_branches(self) -> None:
+        in_channels, out_channels, k = self.in_channels, self.out_channels, self.kernel_size
+        stride, groups, pad = self.stride, self.groups, self.padding
+        self.branch_kxk = conv_bn(in_channels, out_channels, k, stride, groups)
         self.branch_1x1 = conv_bn(in_channels, out_channels, 1, stride, groups)
-        conv_kxk = nn.Conv2d(in_channels, out_channels, kernel_size, stride, 0, groups=groups, bias=False)
+        conv_kxk = nn.Conv2d(in_channels, out_channels, k, stride, 0, groups=groups, bias=False)
         self.branch_1x1_kxk = sequential_1x1_kxk(
-            in_channels, in_channels, out_channels, conv_kxk, True, groups, pad
+            in_channels, in_channels, out_channels, conv_kxk, groups, pad
         )
         with torch.no_grad():
             self.branch_1x1_kxk.conv_1x1.weight.copy_(identity_kernel(in_channels, groups, 1))
-        average = nn.AvgPool2d(kernel_size, stride, 0)
+        average = nn.AvgPool2d(k, stride, 0)
         self.branch_1x1_avg = sequential_1x1_kxk(
-            in_channels, out_channels, out_channels, average, True, groups, pad
+            in_channels, out_channels, out_channels, average, groups, pad
         )
 
     def forward_branches(self, x: Tensor) -> Tensor:

@@ -33,14 +33,16 @@ class MobileOneBlock(ReparamBlock):
             raise ValueError(
                 f"MobileOneBlock's k (the number of kxk branches) must be a positive integer, got {k!r}"
             )
+        self.k = k  # before the base class builds the branches
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, activation, deploy)
-        self.k = k
-        if not deploy:
-            self.branches_kxk = nn.ModuleList(
-                conv_bn(in_channels, out_channels, kernel_size, stride, groups) for _ in range(k)
-            )
-            self.branch_1x1 = conv_bn(in_channels, out_channels, 1, stride, groups)
-            self.branch_identity = batch_norm(in_channels) if self.has_identity else None
+
+    def build_branches(self) -> None:
+        geometry = (self.in_channels, self.out_channels)
+        self.branches_kxk = nn.ModuleList(
+            conv_bn(*geometry, self.kernel_size, self.stride, self.groups) for _ in range(self.k)
+        )
+        self.branch_1x1 = conv_bn(*geometry, 1, self.stride, self.groups)
+        self.branch_identity = batch_norm(self.in_channels) if self.has_identity else None
 
     def forward_branches(self, x: Tensor) -> Tensor:
         y = self.branch_1x1(x)

@@ -38,23 +38,11 @@ class OREPABlock(ReparamBlock):
     YAML args: [out_channels, kernel_size=3, stride=1, groups=1].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = "SiLU",
-        deploy: bool = False,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, groups, activation, deploy)
-        if deploy:
-            return
-        in_per_group, k = in_channels // groups, kernel_size
+    def build_branches(self) -> None:
+        out_channels, in_per_group, k = self.out_channels, self.in_channels // self.groups, self.kernel_size
         self.weight_kxk = nn.Parameter(kaiming_kernel(out_channels, in_per_group, k))
         self.weight_1x1 = nn.Parameter(kaiming_kernel(out_channels, in_per_group, 1))
-        self.weight_1x1_kxk_first = nn.Parameter(identity_kernel(in_channels, groups, 1))
+        self.weight_1x1_kxk_first = nn.Parameter(identity_kernel(self.in_channels, self.groups, 1))
         self.weight_1x1_kxk_second = nn.Parameter(kaiming_kernel(out_channels, in_per_group, k))
         self.weight_1x1_avg = nn.Parameter(kaiming_kernel(out_channels, in_per_group, 1))
         self.register_buffer("average_window", torch.full((k, k), 1.0 / k**2), persistent=False)

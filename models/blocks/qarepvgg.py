@@ -17,21 +17,11 @@ class QARepVGGBlock(ReparamBlock):
     YAML args: [out_channels, kernel_size=3, stride=1, groups=1].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = "SiLU",
-        deploy: bool = False,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, groups, activation, deploy)
-        if not deploy:
-            self.branch_kxk = conv_bn(in_channels, out_channels, kernel_size, stride, groups)
-            self.branch_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride, groups=groups, bias=False)
-            self.bn = batch_norm(out_channels)
+    def build_branches(self) -> None:
+        geometry = (self.in_channels, self.out_channels)
+        self.branch_kxk = conv_bn(*geometry, self.kernel_size, self.stride, self.groups)
+        self.branch_1x1 = nn.Conv2d(*geometry, 1, self.stride, groups=self.groups, bias=False)
+        self.bn = batch_norm(self.out_channels)
 
     def forward_branches(self, x: Tensor) -> Tensor:
         y = self.branch_kxk(x) + self.branch_1x1(x)

@@ -71,8 +71,9 @@ def check_block_arguments(
 class ReparamBlock(Block):
     """act(sum of training branches) that folds into act(conv_kxk(x) + bias).
 
-    Subclasses call `super().__init__(...)`, then build their branches only when `not self.deploy`, and
-    implement `forward_branches(x)` and `fused_kernel_bias()`. YAML args: [out_channels, kernel_size=3,
+    Subclasses implement `build_branches()` (called by this constructor unless deploy),
+    `forward_branches(x)` and `fused_kernel_bias()`; a block with options of its own (MobileOne's k) stores
+    them before calling this constructor. YAML args: [out_channels, kernel_size=3,
     stride=1, groups=1, then the block's own options].
     """
 
@@ -94,6 +95,8 @@ class ReparamBlock(Block):
         self.deploy = deploy
         if deploy:
             self.conv = self.deploy_conv()
+        else:
+            self.build_branches()
         self.act = make_activation(activation)
 
     @property
@@ -122,6 +125,10 @@ class ReparamBlock(Block):
         if self.deploy:
             return self.act(self.conv(x))
         return self.act(self.forward_branches(x))
+
+    def build_branches(self) -> None:
+        """Create the training-form branches from the geometry attributes (not called when deploy)."""
+        raise NotImplementedError
 
     def forward_branches(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -174,21 +181,11 @@ class RepVGGBlock(ReparamBlock):
     the training form into it in place. YAML args: [out_channels, kernel_size=3, stride=1, groups=1].
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 3,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = "SiLU",
-        deploy: bool = False,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, groups, activation, deploy)
-        if not deploy:
-            self.branch_kxk = conv_bn(in_channels, out_channels, kernel_size, stride, groups)
-            self.branch_1x1 = conv_bn(in_channels, out_channels, 1, stride, groups)
-            self.branch_identity = batch_norm(in_channels) if self.has_identity else None
+    def build_branches(self) -> None:
+        geometry = (self.in_channels, self.out_channels)
+        self.branch_kxk = conv_bn(*geometry, self.kernel_size, self.stride, self.groups)
+        self.branch_1x1 = conv_bn(*geometry, 1, self.stride, self.groups)
+        self.branch_identity = batch_norm(self.in_channels) if self.has_identity else None
 
     def forward_branches(self, x: Tensor) -> Tensor:
         y = self.branch_kxk(x) + self.branch_1x1(x)
