@@ -168,7 +168,7 @@ def test_whole_variant_model_fusion_is_exact(variant, dtype):
     assert max_rel_raw < TOLERANCE[dtype], f"{variant}: raw rel {max_rel_raw:.3g}"
 
 
-@pytest.mark.parametrize("variant", ["dbb", "orepa"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_fusing_a_model_in_training_mode_is_exact_in_eval(variant):
     torch.manual_seed(0)
     model = Model(f"repyolov5n-{variant}.yaml", nc=3).double().train()
