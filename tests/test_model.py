@@ -45,6 +45,18 @@ def test_fused_variant_has_the_parameter_count_of_fused_yolov5(size, variant):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.parametrize("variant", ["acb", "dbb", "orepa", "mobileone", "qa"])
+def test_variant_deploy_model_loads_the_fused_state_dict_strictly(variant):
+    torch.manual_seed(0)
+    config = dict(Model(f"repyolov5n-{variant}.yaml").yaml, width_multiple=0.125, nc=2)
+    fused = reparameterized_copy(Model(config)).eval()
+    built = Model(config, deploy=True).eval()
+    built.load_state_dict(fused.state_dict(), strict=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(built(x), fused(x))
+
+
 def test_repyolov5s_fused_has_no_batchnorm_or_branches():
     model = Model("repyolov5s.yaml").reparameterize()
     assert count_parameters(model) == 7_225_885
