@@ -176,7 +176,7 @@ class Model(nn.Module):
         return self.detect(self.forward_features(x))
 
     def reparameterize(self) -> Model:
-        """Fuse every RepVGG block and fold every Conv+BN, in place and idempotent; returns self."""
+        """Fuse every re-parameterizable block and fold every Conv+BN (in place, idempotent); returns self."""
         reparameterize_model(self)
         self.deploy = True
         return self

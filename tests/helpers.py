@@ -62,11 +62,11 @@ def iou(a, b):
 NAMES = ["circle", "square", "triangle"]
 
 
-def tiny_model(seed: int = 0, names: list[str] = NAMES) -> Model:
-    """repyolov5n at half width, BN statistics and affines randomized so fusion is not trivial,
+def tiny_model(seed: int = 0, names: list[str] = NAMES, cfg: str = "repyolov5n.yaml") -> Model:
+    """repyolov5n (or `cfg`) at half width, BN statistics and affines randomized so fusion is not trivial,
     objectness biased up so a random model still produces boxes above usual thresholds."""
     torch.manual_seed(seed)
-    config, _ = load_model_yaml("repyolov5n.yaml")
+    config, _ = load_model_yaml(cfg)
     config = dict(config, width_multiple=0.125, nc=len(names))
     model = Model(config)
     for module in model.modules():
@@ -83,10 +83,14 @@ def tiny_model(seed: int = 0, names: list[str] = NAMES) -> Model:
 
 
 def write_tiny_checkpoint(
-    path: Path, data: dict | None = None, seed: int = 0, names: list[str] = NAMES
+    path: Path,
+    data: dict | None = None,
+    seed: int = 0,
+    names: list[str] = NAMES,
+    cfg: str = "repyolov5n.yaml",
 ) -> Path:
     extra = {"data": data} if data is not None else {}
-    save_checkpoint(make_checkpoint(tiny_model(seed, names), **extra), path)
+    save_checkpoint(make_checkpoint(tiny_model(seed, names, cfg), **extra), path)
     return path
 
 

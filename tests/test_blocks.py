@@ -14,8 +14,18 @@ from models.blocks import (
     fusable_blocks,
     make_divisible,
 )
-from models.blocks.common import make_activation
-from models.reparam import identity_kernel, pad_kernel_center
+from models.blocks.common import batch_norm, make_activation
+from models.blocks.dbb import BatchNormPad, DiverseBranchBlock
+from models.errors import ModelConfigError
+from models.reparam import (
+    average_pool_kernel,
+    compose_1x1_kxk,
+    fuse_conv_bn,
+    identity_kernel,
+    pad_kernel_center,
+)
+from models.yolo import Model
+from tests.test_reparam import randomize_batch_norms
 
 
 def test_registry_names_match_classes():
@@ -99,3 +109,64 @@ def test_pad_kernel_center():
     assert torch.equal(padded[:, :, 1, 1], kernel[:, :, 0, 0])
     padded[:, :, 1, 1] = 0
     assert not padded.any()
+
+
+def test_pad_kernel_center_asymmetric():
+    row, column = torch.randn(4, 2, 1, 3), torch.randn(4, 2, 3, 1)
+    assert torch.equal(pad_kernel_center(row, 3)[:, :, 1, :], row[:, :, 0, :])
+    assert torch.equal(pad_kernel_center(column, 3)[:, :, :, 1], column[:, :, :, 0])
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_average_pool_kernel_matches_avg_pool(groups):
+    x = torch.randn(2, 8, 9, 11, dtype=torch.float64)
+    kernel = average_pool_kernel(8, groups, 3, torch.float64)
+    y = nn.functional.conv2d(x, kernel, stride=2, padding=1, groups=groups)
+    torch.testing.assert_close(y, nn.functional.avg_pool2d(x, 3, 2, 1, count_include_pad=True))
+
+
+@pytest.mark.parametrize("groups, middle", [(1, 6), (2, 4), (4, 4)])
+def test_compose_1x1_kxk_matches_the_two_convs_with_bn_valued_padding(groups, middle):
+    """1x1 conv + BN (padded with its zero-input value) -> kxk conv + BN == one kxk conv."""
+    torch.manual_seed(0)
+    conv_1x1 = nn.Conv2d(4, middle, 1, groups=groups, bias=False).double()
+    bn_pad = randomize_batch_norms(BatchNormPad(middle, 1)).double().eval()
+    conv_kxk = nn.Conv2d(middle, 8, 3, 2, 0, groups=groups, bias=False).double()
+    bn = randomize_batch_norms(batch_norm(8)).double().eval()
+    x = torch.randn(2, 4, 9, 12, dtype=torch.float64)
+    with torch.no_grad():
+        reference = bn(conv_kxk(bn_pad(conv_1x1(x))))
+        first = fuse_conv_bn(conv_1x1.weight, bn_pad.bn)
+        kernel, bias = compose_1x1_kxk(first, fuse_conv_bn(conv_kxk.weight, bn), groups)
+        composed = nn.functional.conv2d(x, kernel, bias, stride=2, padding=1, groups=groups)
+    torch.testing.assert_close(composed, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_dbb_needs_bn_valued_padding():
+    """With plain zero padding after the BN'd 1x1 (as naive ports do) the fused DBB is measurably wrong."""
+    torch.manual_seed(0)
+    block = randomize_batch_norms(DiverseBranchBlock(4, 8)).double().eval()
+    fused = DiverseBranchBlock(4, 8).double().eval()
+    fused.load_state_dict(block.state_dict())
+    fused.reparameterize()
+    x = torch.randn(1, 4, 7, 9, dtype=torch.float64)
+    with torch.no_grad():
+        exact = (block(x) - fused(x)).abs().max()
+        block.branch_1x1_kxk.bn_pad.padding = block.branch_1x1_avg.bn_pad.padding = 0
+        block.branch_1x1_kxk.second.padding = (1, 1)
+        block.branch_1x1_avg.second.padding = 1
+        zero_padded = (block(x) - fused(x)).abs().max()
+    assert exact < 1e-10 < 1e-3 < zero_padded
+
+
+def test_block_argument_of_wrong_type_names_the_yaml_row():
+    config = Model("repyolov5n-mobileone.yaml").yaml
+    config["backbone"][1][3] = [128, 3, 2, 1, "three"]
+    with pytest.raises(ModelConfigError) as error:
+        Model(config)
+    message = str(error.value)
+    assert "layer 1" in message and "'three'" in message and "MobileOneBlock's k" in message
+    assert "fix this row of the YAML" in message and "\n" not in message
+    config["backbone"][1][3] = [128, "3", 2]
+    with pytest.raises(ModelConfigError, match=r"layer 1 .*MobileOneBlock's kernel_size must be a positive"):
+        Model(config)

@@ -50,6 +50,21 @@ def test_convert_saves_fused_checkpoint_beside_input(checkpoint: Path, capsys):
         assert field in printed
 
 
+@pytest.mark.parametrize(
+    "variant, kind, label", [("dbb", "dbb", "DiverseBranch"), ("orepa", "orepa", "OREPA")]
+)
+def test_convert_report_names_the_block_kinds_it_fused(tmp_path: Path, capsys, variant, kind, label):
+    checkpoint = write_tiny_checkpoint(tmp_path / "best.pt", cfg=f"repyolov5n-{variant}.yaml")
+    report = convert.run(checkpoint, img_size=64, runs=1)
+    before, after = report["before"], report["after"]
+    assert report["max_rel_error"] <= 1e-5
+    assert before[kind] == after[f"{kind}_fused"] == 17 and after[kind] == 0 and before["repvgg"] == 0
+    name = f"{label}Block"
+    assert before["blocks"] == {name: {"multi_branch": 17, "fused": 0}}
+    assert after["blocks"] == {name: {"multi_branch": 0, "fused": 17}}
+    assert f"{label} multi-branch" in capsys.readouterr().out
+
+
 def test_convert_custom_output_and_real_images(tmp_path: Path):
     images = tmp_path / "val" / "images"
     write_images(images, count=2)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.blocks.common import Bottleneck
+from models.yolo import Model, load_model_yaml
 from tests.helpers import NAMES, tiny_model
 from utils.deploy.backend import load_inference_model
 from utils.deploy.export import classify_add_nodes, count_ops, export_onnx, read_metadata
@@ -40,6 +41,23 @@ def test_fused_graph_has_no_batchnorm_or_branch_adds(models, tmp_path: Path):
     bottlenecks_with_shortcut = sum(isinstance(m, Bottleneck) and m.add for m in fused.modules())
     assert adds["residual"] == bottlenecks_with_shortcut > 0
     assert ops["Conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules())
+
+
+@pytest.mark.parametrize("variant", ["acb", "dbb", "orepa", "mobileone", "qa"])
+def test_every_fused_variant_exports_without_batchnorm_or_branch_adds(variant, tmp_path: Path):
+    torch.manual_seed(0)
+    config, _ = load_model_yaml(f"repyolov5n-{variant}.yaml")
+    trained = Model(dict(config, width_multiple=0.125, nc=3))
+    fused = copy.deepcopy(trained).reparameterize().eval()
+    graph = onnx.load(str(export(fused, tmp_path / f"{variant}.onnx", dynamic=False)))
+    onnx.checker.check_model(graph)
+    ops, adds = count_ops(graph), classify_add_nodes(graph)
+    assert ops.get("BatchNormalization", 0) == 0 and adds["branch"] == 0
+    assert adds["residual"] == sum(isinstance(m, Bottleneck) and m.add for m in fused.modules()) > 0
+    assert ops["Conv"] == sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_inference_model(tmp_path / f"{variant}.onnx")(x), fused(x))
 
 
 def test_static_onnx_matches_torch_and_carries_metadata(models, tmp_path: Path):

@@ -35,6 +35,28 @@ def test_parameter_counts_match_yolov5(size):
         assert count_parameters(rep.reparameterize()) == PARAMETERS[size][1]
 
 
+@pytest.mark.parametrize("size", ["n", "s"])
+@pytest.mark.parametrize("variant", ["acb", "dbb", "orepa", "mobileone", "qa"])
+def test_fused_variant_has_the_parameter_count_of_fused_yolov5(size, variant):
+    with torch.device("meta"):
+        model = Model(f"repyolov5{size}-{variant}.yaml")
+        assert count_parameters(model) > PARAMETERS[size][0]
+        assert count_parameters(model.reparameterize()) == PARAMETERS[size][1]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("variant", ["acb", "dbb", "orepa", "mobileone", "qa"])
+def test_variant_deploy_model_loads_the_fused_state_dict_strictly(variant):
+    torch.manual_seed(0)
+    config = dict(Model(f"repyolov5n-{variant}.yaml").yaml, width_multiple=0.125, nc=2)
+    fused = reparameterized_copy(Model(config)).eval()
+    built = Model(config, deploy=True).eval()
+    built.load_state_dict(fused.state_dict(), strict=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(built(x), fused(x))
+
+
 def test_repyolov5s_fused_has_no_batchnorm_or_branches():
     model = Model("repyolov5s.yaml").reparameterize()
     assert count_parameters(model) == 7_225_885

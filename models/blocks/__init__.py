@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from models.blocks.acb import ACBlock
 from models.blocks.base import Block, BuildContext, make_divisible
 from models.blocks.common import C3, SPPF, Bottleneck, Concat, Conv, Upsample, make_activation
-from models.blocks.repvgg import RepVGGBlock
+from models.blocks.dbb import DiverseBranchBlock
+from models.blocks.mobileone import MobileOneBlock
+from models.blocks.orepa import OREPABlock
+from models.blocks.qarepvgg import QARepVGGBlock
+from models.blocks.repvgg import ReparamBlock, RepVGGBlock
 from models.head import Detect
 
 BLOCKS: dict[str, type] = {
@@ -15,6 +20,11 @@ BLOCKS: dict[str, type] = {
     "Concat": Concat,
     "Upsample": Upsample,
     "RepVGGBlock": RepVGGBlock,
+    "QARepVGGBlock": QARepVGGBlock,
+    "ACBlock": ACBlock,
+    "MobileOneBlock": MobileOneBlock,
+    "DiverseBranchBlock": DiverseBranchBlock,
+    "OREPABlock": OREPABlock,
     "Detect": Detect,
 }
 
@@ -43,6 +53,7 @@ def block_examples(name: str) -> list[dict]:
 
 
 __all__ = [
+    "ACBlock",
     "BLOCKS",
     "Block",
     "BuildContext",
@@ -52,6 +63,11 @@ __all__ = [
     "Concat",
     "Conv",
     "Detect",
+    "DiverseBranchBlock",
+    "MobileOneBlock",
+    "OREPABlock",
+    "QARepVGGBlock",
+    "ReparamBlock",
     "RepVGGBlock",
     "Upsample",
     "block_examples",

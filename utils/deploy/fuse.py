@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models import reparam
-from models.blocks.repvgg import RepVGGBlock
+from models.blocks import BLOCKS, ReparamBlock
 from models.yolo import count_gflops, count_parameters
 from utils.checkpoint import model_from_checkpoint
 from utils.data.config import image_files_from_sources
@@ -22,18 +22,36 @@ LOGGER = logging.getLogger(__name__)
 
 MAX_RELATIVE_ERROR = 1e-5
 VERIFY_IMAGES = 8
+BLOCK_KINDS = {"ACBlock": "acb", "DiverseBranchBlock": "dbb"}  # report keys not derived from the name
 
 
-def count_modules(model: nn.Module) -> dict[str, int]:
-    """Parameters and the module kinds fusion removes or keeps."""
+def count_modules(model: nn.Module) -> dict:
+    """Parameters, Conv2d and BatchNorm modules, and per registered re-parameterizable block kind its
+    multi-branch and fused counts: flat keys such as "repvgg" / "repvgg_fused" ("acb", "dbb", ... for the
+    others, see block_kind), and "blocks": {registry name: {"multi_branch": n, "fused": n}} for the kinds
+    the model has."""
     modules = list(model.modules())
-    return {
+    counts = {
         "parameters": count_parameters(model),
         "conv": sum(isinstance(m, nn.Conv2d) for m in modules),
         "bn": sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules),
-        "repvgg": sum(isinstance(m, RepVGGBlock) and not m.deploy for m in modules),
-        "repvgg_fused": sum(isinstance(m, RepVGGBlock) and m.deploy for m in modules),
+        "blocks": {},
     }
+    for name, cls in BLOCKS.items():
+        if not (isinstance(cls, type) and issubclass(cls, ReparamBlock)):
+            continue
+        of_kind = [m for m in modules if type(m) is cls]  # exact: a subclass is its own kind
+        multi_branch = sum(not m.deploy for m in of_kind)
+        kind = block_kind(name)
+        counts[kind], counts[f"{kind}_fused"] = multi_branch, len(of_kind) - multi_branch
+        if of_kind:
+            counts["blocks"][name] = {"multi_branch": multi_branch, "fused": len(of_kind) - multi_branch}
+    return counts
+
+
+def block_kind(name: str) -> str:
+    """The report key of a registered block: RepVGGBlock -> repvgg, DiverseBranchBlock -> dbb, ..."""
+    return BLOCK_KINDS.get(name, name.removesuffix("Block").lower())
 
 
 def verification_input(ckpt: dict, img_size: int, device: torch.device) -> tuple[torch.Tensor, str]:
@@ -95,8 +113,7 @@ def format_report(report: dict) -> str:
         ("GFLOPs", f"{before['gflops']:.2f}", f"{after['gflops']:.2f}"),
         ("Conv2d modules", before["conv"], after["conv"]),
         ("BatchNorm modules", before["bn"], after["bn"]),
-        ("RepVGG multi-branch", before["repvgg"], after["repvgg"]),
-        ("RepVGG fused (1 conv)", before["repvgg_fused"], after["repvgg_fused"]),
+        *block_rows(before["blocks"], after["blocks"]),
         (
             f"CPU latency, batch 1, {report['threads']} thr",
             f"{before['latency_ms']:.1f} ms",
@@ -112,6 +129,18 @@ def format_report(report: dict) -> str:
         f"training-form / fused latency: {report['latency_ratio']:.2f}x",
     ]
     return "\n".join(lines)
+
+
+def block_rows(before: dict, after: dict) -> list[tuple[str, int, int]]:
+    """Two report rows per block kind the model has: its multi-branch and its fused count."""
+    rows = []
+    for name in sorted(set(before) | set(after)):
+        counts_before = before.get(name, {"multi_branch": 0, "fused": 0})
+        counts_after = after.get(name, {"multi_branch": 0, "fused": 0})
+        label = name.removesuffix("Block")
+        rows.append((f"{label} multi-branch", counts_before["multi_branch"], counts_after["multi_branch"]))
+        rows.append((f"{label} fused (1 conv)", counts_before["fused"], counts_after["fused"]))
+    return rows
 
 
 def fusion_report(result: dict, weights: Path, output: Path, img_size: int, runs: int, threads: int) -> dict:
