@@ -212,8 +212,8 @@ def export_runtimes(model, onnx_path: Path, images, openvino: bool, calibration:
         int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
         kept = quantize_onnx(onnx_path, int8_onnx, calibration, img_size)
         LOGGER.info(
-            "INT8: calibrated on %d images; %d nodes after the last convolutions (the box decode) stay "
-            "float: %s",
+            "INT8: calibrated on %d images; %d nodes of the head (its last convolutions and the box decode "
+            "after them) stay float: %s",
             len(calibration),
             len(kept),
             ", ".join(kept),

@@ -52,14 +52,8 @@ class Hyp:
     @classmethod
     def from_dict(cls, values: dict, source: str = "hyperparameters") -> Hyp:
         """Typed values; yolov5 keys we do not implement are accepted only when they switch nothing on."""
-        values = dict(values)
-        for key in UNIMPLEMENTED:
-            if float(values.pop(key, 0.0) or 0.0) != 0.0:
-                raise ConfigError(
-                    f"{source}: {key} augmentation is not implemented; set {key} to 0 or remove it."
-                )
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - set(UNIMPLEMENTED))
         if unknown:
             raise ConfigError(
                 f"{source}: unknown hyperparameter(s) {unknown}; known keys are {sorted(known)}."
@@ -72,6 +66,11 @@ class Hyp:
                 raise ConfigError(
                     f"{source}: {key} is {value!r}, not a number; give it a numeric value."
                 ) from None
+        for key in UNIMPLEMENTED:  # a non-numeric one is named above like any other value
+            if typed.pop(key, 0.0) != 0.0:
+                raise ConfigError(
+                    f"{source}: {key} augmentation is not implemented; set {key} to 0 or remove it."
+                )
         return cls(**typed)
 
 

@@ -201,11 +201,7 @@ def export_and_check(
     graph = onnx.load(str(path))
     counts, add_kinds = count_ops(graph), classify_add_nodes(graph)
     session = load_inference_model(path, "cpu", threads=threads)
-    with torch.no_grad():
-        reference = model(images).cpu()
-    predicted = session(images.cpu())
-    max_abs = float((predicted - reference).abs().max())
-    max_rel = max_abs / max(float(reference.abs().max()), 1e-12)
+    max_abs, max_rel = deviation(model, session, images)
     shape = "dynamic (batch, 3, height, width)" if dynamic else f"static (1, 3, {img_hw[0]}, {img_hw[1]})"
     print(f"ONNX {path} (opset {opset}, {shape}): onnx.checker passed")
     print(f"  ops: {format_op_counts(counts, add_kinds)}")
@@ -239,6 +235,16 @@ def export_and_check(
     }
 
 
+def deviation(model: nn.Module, runtime, images: torch.Tensor) -> tuple[float, float]:
+    """(max abs error, max rel error) of ``runtime``'s output against the PyTorch model's on ``images``;
+    relative to the largest reference output, which stays meaningful where outputs are near zero."""
+    with torch.no_grad():
+        reference = model(images).cpu()
+    predicted = runtime(images.cpu())
+    max_abs = float((predicted - reference).abs().max())
+    return max_abs, max_abs / max(float(reference.abs().max()), 1e-12)
+
+
 def compare_with_model(model: nn.Module, weights: Path, images: torch.Tensor, limit: float | None) -> dict:
     """Run an exported artefact (any weights load_inference_model takes) and the PyTorch model on
     ``images``; print and return the largest deviation. limit: the relative error above which the export
@@ -246,11 +252,7 @@ def compare_with_model(model: nn.Module, weights: Path, images: torch.Tensor, li
     from utils.deploy.backend import load_inference_model
 
     runtime = load_inference_model(weights, "cpu")
-    with torch.no_grad():
-        reference = model(images).cpu()
-    predicted = runtime(images.cpu())
-    max_abs = float((predicted - reference).abs().max())
-    max_rel = max_abs / max(float(reference.abs().max()), 1e-12)
+    max_abs, max_rel = deviation(model, runtime, images)
     print(f"{runtime.kind} {weights}: vs PyTorch max abs error {max_abs:.3g}, max rel error {max_rel:.3g}")
     if limit is not None and not max_rel <= limit:
         raise ConversionError(
