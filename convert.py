@@ -2,6 +2,7 @@
 
     python convert.py --weights runs/train/exp/weights/best.pt [--img 640] [--onnx] [--dynamic]
     python convert.py --weights best.pt --openvino --int8       # + OpenVINO IR, INT8 ONNX and INT8 IR
+    python convert.py --weights best.pt --openvino --int8 --max-drop 1.0   # INT8 within 1 mAP50-95 point
 
 Every RepVGG block and every Conv+BN of the training form becomes one conv. The fused model is
 checked against the training form on real images from the checkpoint's dataset (random input
@@ -19,7 +20,9 @@ from pathlib import Path
 import onnx as onnx_lib
 
 from utils.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.data.config import load_data_config
 from utils.data.preprocess import check_img_size
+from utils.deploy.backend import load_inference_model
 from utils.deploy.export import (
     MAX_ONNX_RELATIVE_ERROR,
     compare_with_model,
@@ -37,14 +40,17 @@ from utils.deploy.fuse import (
     training_img_size,
     verification_input,
 )
+from utils.deploy.partial_quantization import map_scorer, quantize_onnx_bounded, quantize_openvino_bounded
 from utils.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     calibration_files,
+    decode_tail_nodes,
     quantize_onnx,
     quantize_openvino,
 )
+from utils.deploy.validation import validation_loader
 from utils.device import select_device
-from utils.errors import USER_ERRORS, CheckpointError, ConversionError
+from utils.errors import USER_ERRORS, CheckpointError, ConfigError, ConversionError, DataError
 from utils.log import setup_logging
 
 LOGGER = logging.getLogger(__name__)
@@ -93,6 +99,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="calibration images: a dataset YAML (its train split), a folder or a .txt list "
         "(default: the checkpoint's training split)",
+    )
+    parser.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        help="with --int8: keep the most sensitive layers float until the INT8 mAP50-95 on the validation "
+        "split is within this many points of the float model's",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="dataset YAML whose val split --max-drop measures (default: the checkpoint's dataset)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or a CUDA index such as 0")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per model for the latency rows")
@@ -144,6 +162,8 @@ def run(
     int8: bool = False,
     calib: int = DEFAULT_CALIBRATION_IMAGES,
     calib_data: str | Path | None = None,
+    max_drop: float | None = None,
+    data: str | Path | None = None,
 ) -> dict:
     """Convert ``weights``; returns the report as a dict (also printed). Raises ConversionError.
 
@@ -155,6 +175,7 @@ def run(
     img_size = img_size or training_img_size(ckpt)
     onnx = onnx or openvino or int8
     calibration = calibration_files(ckpt, calib_data, calib) if int8 else []  # fail before any work
+    validation = validation_config(ckpt, data, max_drop, int8)
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}
@@ -165,8 +186,8 @@ def run(
             report["onnx"] = export_and_check(
                 model, weights.with_suffix(".onnx"), images, opset, dynamic, runs, threads
             )
-            report["runtimes"] = export_runtimes(
-                model, weights.with_suffix(".onnx"), images, openvino, calibration
+            report["runtimes"], report["bounded"] = export_runtimes(
+                model, weights.with_suffix(".onnx"), images, openvino, calibration, validation, max_drop
             )
         return report
     output = Path(output) if output else default_output(weights)
@@ -194,37 +215,89 @@ def run(
         report["onnx"] = export_and_check(
             result["fused"], onnx_path, result["images"], opset, dynamic, runs, threads
         )
-        report["runtimes"] = export_runtimes(
-            result["fused"], onnx_path, result["images"], openvino, calibration
+        report["runtimes"], report["bounded"] = export_runtimes(
+            result["fused"], onnx_path, result["images"], openvino, calibration, validation, max_drop
         )
     return report
 
 
-def export_runtimes(model, onnx_path: Path, images, openvino: bool, calibration: list[str]) -> dict:
+def validation_config(ckpt: dict, data: str | Path | None, max_drop: float | None, int8: bool) -> dict | None:
+    """The dataset whose val split --max-drop measures: ``data`` if given, else the checkpoint's own;
+    None without --max-drop. Raises ConfigError / DataError (one sentence) before any work."""
+    if max_drop is None:
+        return None
+    if not int8:
+        raise ConfigError("--max-drop bounds the INT8 accuracy drop; add --int8.")
+    if not max_drop >= 0:
+        raise ConfigError(
+            f"--max-drop {max_drop} must be a non-negative number of mAP50-95 points, e.g. 1.0."
+        )
+    config = load_data_config(data) if data is not None else dict(ckpt.get("data") or {})
+    sources = config.get("val") or []
+    if not sources or not all(Path(source).exists() for source in sources):
+        described = data if data is not None else "the checkpoint's dataset"
+        raise DataError(
+            f"--max-drop measures mAP on a validation split and {described} has none on this machine "
+            f"({', '.join(map(str, sources)) or 'no val entry'}); pass the dataset YAML with --data."
+        )
+    return config
+
+
+def export_runtimes(
+    model,
+    onnx_path: Path,
+    images,
+    openvino: bool,
+    calibration: list[str],
+    validation: dict | None = None,
+    max_drop: float | None = None,
+) -> tuple[dict, dict]:
     """The OpenVINO IR and the INT8 models beside ``onnx_path``, each checked against PyTorch on
-    ``images``; returns {artefact path: its comparison}."""
+    ``images``; with ``max_drop`` the INT8 models keep layers float until their mAP50-95 on
+    ``validation``'s val split is within ``max_drop`` points of the float model's. Returns ({artefact
+    path: its comparison}, {runtime: the bounded-drop result}, empty without ``max_drop``)."""
     img_size = int(images.shape[-1])
     written = {}
     if openvino:
         xml = export_openvino(onnx_path)
         written[str(xml.parent)] = compare_with_model(model, xml.parent, images, MAX_ONNX_RELATIVE_ERROR)
-    if calibration:
-        int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
-        kept = quantize_onnx(onnx_path, int8_onnx, calibration, img_size)
-        LOGGER.info(
-            "INT8: calibrated on %d images; %d nodes of the head (its last convolutions and the box decode "
-            "after them) stay float: %s",
-            len(calibration),
-            len(kept),
-            ", ".join(kept),
+    if not calibration:
+        return written, {}
+    int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
+    kept = decode_tail_nodes(onnx_lib.load(str(onnx_path)))
+    LOGGER.info(
+        "INT8: calibrated on %d images; %d nodes of the head (its last convolutions and the box decode "
+        "after them) stay float: %s",
+        len(calibration),
+        len(kept),
+        ", ".join(kept),
+    )
+    bounded = {}
+    if validation is None:
+        quantize_onnx(onnx_path, int8_onnx, calibration, img_size)
+    else:
+        predictor = load_inference_model(onnx_path)  # static: the square letterboxes val.py uses for it
+        batches = list(validation_loader(validation, "val", img_size, 32, 0, predictor))
+        score = map_scorer(list(validation["names"]))
+        bounded["onnx"] = quantize_onnx_bounded(
+            onnx_path, int8_onnx, calibration, img_size, batches, score, max_drop
         )
-        written[str(int8_onnx)] = compare_with_model(model, int8_onnx, images, None)
-        if openvino:
-            int8_dir = openvino_folder(int8_onnx)
-            quantize_openvino(xml, int8_dir / f"{int8_onnx.stem}.xml", calibration, img_size, kept)
-            write_openvino_metadata(int8_dir, read_metadata(onnx_lib.load(str(int8_onnx))))
-            written[str(int8_dir)] = compare_with_model(model, int8_dir, images, None)
-    return written
+        LOGGER.info(bounded["onnx"].describe())
+    written[str(int8_onnx)] = compare_with_model(model, int8_onnx, images, None)
+    if openvino:
+        int8_dir = openvino_folder(int8_onnx)
+        int8_xml = int8_dir / f"{int8_onnx.stem}.xml"
+        metadata = read_metadata(onnx_lib.load(str(int8_onnx)))
+        if validation is None:
+            quantize_openvino(xml, int8_xml, calibration, img_size, kept)
+        else:
+            bounded["openvino"] = quantize_openvino_bounded(
+                xml, int8_xml, calibration, img_size, kept, batches, score, metadata, max_drop
+            )
+            LOGGER.info(bounded["openvino"].describe())
+        write_openvino_metadata(int8_dir, metadata)
+        written[str(int8_dir)] = compare_with_model(model, int8_dir, images, None)
+    return written, {runtime: vars(result) | {"drop": result.drop} for runtime, result in bounded.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,10 +21,10 @@ import torch
 
 from utils.coco import coco_category_ids, coco_records, evaluate_coco_json, find_annotation_json, image_id_for
 from utils.data.config import load_data_config
-from utils.data.dataset import create_dataloader
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import InferenceModel, load_inference_model
+from utils.deploy.validation import validation_loader
 from utils.errors import USER_ERRORS, ConfigError, DataError
 from utils.evaluation.evaluate import evaluate
 from utils.log import setup_logging
@@ -45,25 +45,6 @@ def default_img_size(
     if not data_given:
         return int(data_config.get("defaults", {}).get("img_size", 640))
     return 640
-
-
-def _build_loader(
-    data_config: dict, task: str, img_size: int, batch_size: int, workers: int, predictor: InferenceModel
-):
-    """yolov5's validation loader: rect batches padded by half a stride, except for the speed task and
-    fixed-size ONNX graphs, which get plain square letterboxes."""
-    split = "val" if task == "speed" else task
-    sources = data_config.get(split)
-    if not sources:
-        raise DataError(
-            f"{data_config['yaml_file']} has no '{split}' split; add a '{split}:' entry or use --task val."
-        )
-    rect = task != "speed" and predictor.fixed_input_hw is None
-    loader, _ = create_dataloader(
-        sources, img_size, batch_size, stride=predictor.stride, rect=rect, pad=0.5 if rect else 0.0,
-        workers=workers, prefix=f"{split}: ", nc=predictor.nc,
-    )  # fmt: skip
-    return loader
 
 
 def run(
@@ -110,7 +91,7 @@ def run(
         )
     img_size = default_img_size(img_size, data is not None, data_config, predictor.fixed_input_hw)
     img_size = check_img_size(img_size, predictor.stride)
-    loader = _build_loader(data_config, task, img_size, batch_size, workers, predictor)
+    loader = validation_loader(data_config, task, img_size, batch_size, workers, predictor)
     predictor.warmup((img_size, img_size))
     save_dir = Path(save_dir) if save_dir is not None else increment_path(Path(project) / name, exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ import detect
 import val
 from tests.helpers import NAMES, write_images, write_tiny_checkpoint
 from utils.deploy.backend import load_inference_model
-from utils.deploy.quantize import decode_tail_nodes
+from utils.deploy.partial_quantization import float_convolutions, quantize_openvino_bounded
+from utils.deploy.quantize import calibration_batches, decode_tail_nodes
 from utils.errors import DataError, WeightsError
 from utils.paths import ROOT
 
@@ -103,6 +104,9 @@ def test_the_head_stays_float_in_both_int8_graphs(exported):
         if op.get_friendly_name() in tail and op.get_type_name() != "Convolution":
             sources = [port.get_source_output().get_node().get_type_name() for port in op.inputs()]
             assert "FakeQuantize" not in sources, op.get_friendly_name()
+    head_convs = {name for name in tail if name.endswith("/Conv")}
+    assert head_convs <= set(float_convolutions(model))  # the head's weights are float too
+    assert len(float_convolutions(model)) == len(head_convs)  # and every other convolution is INT8
 
 
 def test_val_and_detect_run_every_artefact(exported, tmp_path):
@@ -140,3 +144,34 @@ def test_bad_input_is_one_sentence(exported, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         detect.main(["--weights", str(broken), "--source", str(root / "data" / "images")])
     assert exit_info.value.code == 2 and "not an OpenVINO IR" in capsys.readouterr().err
+
+
+def test_bounded_openvino_reverts_layers_until_the_metric_holds(exported, tmp_path):
+    """NNCF's accuracy control against a stand-in metric (100 minus 100x the relative output error to the
+    float IR; NNCF divides by the float score, so not 0): a bound of half the all-INT8 drop makes it keep some convolutions float."""
+    import numpy as np
+    import torch
+
+    root, _ = exported
+    fp32_xml = root / "best_fused_openvino_model" / "best_fused.xml"
+    reference = load_inference_model(fp32_xml)
+    files = sorted(str(path) for path in (root / "data" / "images").glob("*.jpg"))
+    batches = [torch.from_numpy(batch) for batch in calibration_batches(files, 64)]
+
+    def score(predictor, items) -> float:
+        errors = [float((predictor(b) - reference(b)).norm() / reference(b).norm()) for b in items]
+        return 100 - 100 * float(np.mean(errors))
+
+    metadata = yaml.safe_load((root / "best_fused_openvino_model" / "metadata.yaml").read_text())
+    head = decode_tail_nodes(onnx.load(str(root / "best_fused.onnx")))
+    everything = score(load_inference_model(root / "best_fused_int8_openvino_model"), batches)
+    bound = 0.5 * (100 - everything)
+    result = quantize_openvino_bounded(
+        fp32_xml, tmp_path / "q" / "q.xml", files, 64, head, batches, score, metadata, bound
+    )
+    assert result.float_score == 100 and result.drop <= bound + 1e-6
+    assert result.kept_float, "a tight bound must keep some convolution float"
+    import openvino as ov
+
+    floats = set(float_convolutions(ov.Core().read_model(str(tmp_path / "q" / "q.xml"))))
+    assert set(result.kept_float) <= floats

@@ -194,6 +194,20 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         super().__init__(xml, metadata, device, shape)
         self.request = self.compiled.create_infer_request()
 
+    @classmethod
+    def from_compiled(
+        cls, compiled, metadata: dict, device: torch.device, name: str
+    ) -> OpenVINOInferenceModel:
+        """Wrap an already compiled OpenVINO model (NNCF's accuracy control hands out such models) with
+        the export ``metadata`` (names, stride) of the IR it came from; ``name`` stands for its path."""
+        self = cls.__new__(cls)
+        dims = compiled.inputs[0].get_partial_shape()
+        shape = [dim.get_length() if dim.is_static else None for dim in dims]
+        ArrayInferenceModel.__init__(self, Path(name), metadata, device, shape)
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        return self
+
     def run_array(self, array: np.ndarray) -> np.ndarray:
         return self.request.infer({0: array})[self.compiled.output(0)].copy()
 

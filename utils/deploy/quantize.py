@@ -105,6 +105,10 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, files: list[str], img_size: 
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=kept_float,
+        # activation ranges averaged over the calibration images instead of their extremes: a few
+        # outlier pixels would otherwise stretch the ranges of the fused RepVGG activations (1.65 points
+        # of mAP50-95 lost on the bundled repyolov5s with plain min/max, 0.03 with the average)
+        extra_options={"CalibMovingAverage": True},
     )
     quantized = onnx.load(str(int8_path))
     del quantized.metadata_props[:]
@@ -124,8 +128,7 @@ def quantize_openvino(
 
     core = ov.Core()
     model = core.read_model(str(fp32_xml))
-    names = {op.get_friendly_name() for op in model.get_ops()}
-    ignored = [name for name in kept_float if name in names]
+    ignored = openvino_names(model, kept_float)
     dataset = nncf.Dataset(list(calibration_batches(files, img_size)))
     quantized = nncf.quantize(
         model,
@@ -137,3 +140,11 @@ def quantize_openvino(
     int8_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(int8_xml), compress_to_fp16=False)
     return ignored
+
+
+def openvino_names(model, onnx_names: list[str]) -> list[str]:
+    """The ops of an OpenVINO model converted from ONNX that stand for ``onnx_names``: a Conv becomes
+    "<name>/WithoutBiases" (the Convolution) and "<name>" (its bias Add); other ops keep their name."""
+    present = {op.get_friendly_name() for op in model.get_ops()}
+    wanted = [variant for name in onnx_names for variant in (name, f"{name}/WithoutBiases")]
+    return [name for name in wanted if name in present]
