@@ -227,10 +227,8 @@ def summarize(runs: list[dict], models: Sequence[str]) -> dict[str, dict]:
 
 
 def _mean_std(entry: dict, metric: str) -> str:
-    std = entry[f"{metric}_std"]
-    return (
-        f"{entry[f'{metric}_mean']:.3f} ({std:.3f})" if std is not None else f"{entry[f'{metric}_mean']:.3f}"
-    )
+    text, std = f"{entry[f'{metric}_mean']:.3f}", entry[f"{metric}_std"]
+    return text if std is None else f"{text} ({std:.3f})"
 
 
 def _delta(delta: list | None) -> str:
@@ -240,7 +238,8 @@ def _delta(delta: list | None) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]" if low is not None else f"{mean:+.3f}"
 
 
-def format_table(summary: dict[str, dict], latency_ms: dict[str, float], header: str) -> str:
+def format_table(summary: dict[str, dict], header: str) -> str:
+    """summary: see summarize, with "fused_ms" added to each entry."""
     width = max(len("model"), *(len(model) for model in summary)) + 2
     columns = (
         f"{'model':{width}s}{'runs':>5s}{'mAP50 (sd)':>16s}{'mAP50-95 (sd)':>16s}"
@@ -251,7 +250,7 @@ def format_table(summary: dict[str, dict], latency_ms: dict[str, float], header:
         lines.append(
             f"{model:{width}s}{entry['runs']:5d}{_mean_std(entry, 'mAP50'):>16s}"
             f"{_mean_std(entry, 'mAP50_95'):>16s}{_delta(entry['delta_mAP50_95']):>27s}"
-            f"{_delta(entry['delta_mAP50']):>27s}{entry['minutes_mean']:11.1f}{latency_ms[model]:10.1f}"
+            f"{_delta(entry['delta_mAP50']):>27s}{entry['minutes_mean']:11.1f}{entry['fused_ms']:10.1f}"
         )
     return "\n".join(lines)
 
@@ -287,16 +286,15 @@ def run(
             )
     cfgs = sorted({v.cfg for v in variants})
     fused = measure_fused(cfgs, int(data_config["nc"]), resolved.img_size, threads, rounds=3)
-    latency_ms = {v.spec: fused[v.cfg]["fused_ms"] for v in variants}
     summary = summarize(runs, [v.spec for v in variants])
-    for spec, entry in summary.items():
-        entry["fused_ms"] = latency_ms[spec]
+    for variant in variants:
+        summary[variant.spec]["fused_ms"] = fused[variant.cfg]["fused_ms"]
     header = (
         f"\n{Path(budget.data).name}: {resolved.epochs} epochs, {resolved.img_size} px, batch "
         f"{resolved.batch_size}, {resolved.hyp}; seeds 0..{seeds - 1}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads (fused ms: CPU, batch 1)"
     )
-    print(format_table(summary, latency_ms, header))
+    print(format_table(summary, header))
     result = {"budget": {k: v for k, v in resolved.to_dict().items() if k in vars(budget)}, "runs": runs,
               "summary": summary}  # fmt: skip
     if json_path:
