@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from utils.coco import coco_category_ids, coco_records, evaluate_coco_json, find_annotation_json, image_id_for
-from utils.data.config import load_data_config
+from utils.data.config import bundled_defaults, load_data_config
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import InferenceModel, load_inference_model
@@ -36,15 +36,13 @@ LOGGER = logging.getLogger(__name__)
 def default_img_size(
     img_size: int | None, data_given: bool, data_config: dict, fixed_input_hw: tuple[int, int] | None = None
 ) -> int:
-    """--img when given; else a static ONNX model's input size; else the bundled dataset's own size when
-    --data was not given; else 640."""
+    """--img when given; else a static ONNX model's input size; else a bundled dataset's own size (see
+    utils.data.config.bundled_defaults); else 640."""
     if img_size is not None:
         return int(img_size)
     if fixed_input_hw is not None:
         return int(max(fixed_input_hw))
-    if not data_given:
-        return int(data_config.get("defaults", {}).get("img_size", 640))
-    return 640
+    return int(bundled_defaults(data_config, named=data_given).get("img_size", 640))
 
 
 def run(

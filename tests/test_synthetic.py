@@ -1,15 +1,29 @@
 """The bundled synthetic dataset: deterministic, valid labels, generated once, regenerated on change."""
 
+import hashlib
+import json
 import multiprocessing
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 
 from utils.data.config import load_data_config
 from utils.data.dataset import LoadedDataset
-from utils.data.synthetic import CLASS_NAMES, MARKER, ensure_dataset, generate_dataset, render_image
+from utils.data.synthetic import (
+    CLASS_NAMES,
+    MARKER,
+    Scene,
+    class_names,
+    ensure_dataset,
+    generate_dataset,
+    render_image,
+)
+from utils.paths import ROOT
 
 SMALL = dict(img_size=64, train_images=20, val_images=6, seed=3, min_object_size=8)
+EASY_LABELS_SHA256 = "7d76327a81fc9b3a6c0ce62f602abd641ac02807a3ce387da74f3f15690c35ce"  # see the test below
 
 
 def _contents(root):
@@ -38,7 +52,7 @@ def test_labels_are_valid_and_backgrounds_present(tmp_path):
 
 
 def test_render_image_sizes():
-    img, labels = render_image(np.random.default_rng(0), 96, 64, max_objects=6)
+    img, labels = render_image(np.random.default_rng(0), 96, 64, Scene(max_objects=6))
     assert img.shape == (64, 96, 3) and img.dtype == np.uint8 and 1 <= len(labels) <= 6
     img, labels = render_image(np.random.default_rng(0), 64, 64, background=True)
     assert len(labels) == 0
@@ -83,10 +97,52 @@ def test_data_yaml_with_generate_block(tmp_path):
 
 
 def test_bundled_config_points_at_data_shapes():
-    import yaml
-
-    from utils.paths import ROOT
-
     raw = yaml.safe_load((ROOT / "data/shapes.yaml").read_text())
     assert raw["path"] == "shapes" and raw["nc"] == len(CLASS_NAMES) == len(raw["names"])
     assert {"img_size", "epochs", "batch_size", "hyp"} <= set(raw["defaults"])
+
+
+def test_easy_dataset_is_what_it_was_before_the_scene_options(tmp_path):
+    """Reference values from the generator before Scene existed: the label rows exactly (they follow the
+    whole random sequence), and the mean pixel of rendered images (loosely: drawing may differ by a
+    level between OpenCV builds)."""
+    generate_dataset(tmp_path, img_size=96, train_images=8, val_images=3, seed=0)
+    text = b"".join(p.read_bytes() for p in sorted((tmp_path / "labels").rglob("*.txt")))
+    assert hashlib.sha256(text).hexdigest() == EASY_LABELS_SHA256
+    means = [[102.67, 114.44, 119.32], [86.32, 97.25, 105.68], [151.03, 131.85, 108.99]]
+    for i, expected in enumerate(means):
+        image, _ = render_image(np.random.default_rng([0, 0, i]), 96, 96)
+        assert image.reshape(-1, 3).mean(0) == pytest.approx(expected, abs=0.5)
+
+
+def test_a_marker_written_before_the_scene_options_still_counts(tmp_path):
+    root = ensure_dataset(tmp_path / "shapes", **SMALL)
+    marker = json.loads((root / MARKER).read_text())
+    for key in ("color_families", "max_occlusion", "max_decoys"):
+        del marker["params"][key]
+    (root / MARKER).write_text(json.dumps(marker))
+    marker_time = (root / MARKER).stat().st_mtime_ns
+    ensure_dataset(root, **SMALL)
+    assert (root / MARKER).stat().st_mtime_ns == marker_time  # not regenerated
+    ensure_dataset(root, **dict(SMALL, max_decoys=2))
+    assert json.loads((root / MARKER).read_text())["params"]["max_decoys"] == 2
+
+
+def test_hard_dataset_is_deterministic_with_ten_classes_in_its_own_folder(tmp_path):
+    raw = yaml.safe_load((ROOT / "data/shapes-hard.yaml").read_text())
+    assert raw["path"] == "shapes-hard" and raw["nc"] == 10 and raw["names"] == class_names(2)
+    assert {"img_size", "epochs", "batch_size", "hyp"} <= set(raw["defaults"])
+    params = dict(raw["generate"], train_images=24, val_images=4)
+    generate_dataset(tmp_path / "a", **params)
+    generate_dataset(tmp_path / "b", **params)
+    a, b = _contents(tmp_path / "a"), _contents(tmp_path / "b")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    rows = [
+        np.array(f.read_text().split(), dtype=float).reshape(-1, 5)
+        for f in (tmp_path / "a/labels/train").glob("*")
+    ]
+    labels = np.concatenate(rows)
+    assert set(labels[:, 0].astype(int)) == set(range(10)) and max(len(r) for r in rows) > 6
+    assert (labels[:, 3:] * raw["generate"]["img_size"]).max(1).min() < 10  # objects down to a few pixels
+    assert json.loads((tmp_path / "a" / MARKER).read_text())["names"] == raw["names"]
+    assert class_names(1) == CLASS_NAMES and class_names(2)[5] == "green-circle"

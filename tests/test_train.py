@@ -28,6 +28,8 @@ def test_cli_and_defaults_of_the_bundled_dataset():
     assert (bundled.img_size, bundled.epochs, bundled.batch_size, bundled.hyp) == (320, 30, 16, "h.yaml")
     user = TrainOptions(img_size=320, data="mine.yaml").resolve(data)
     assert (user.epochs, user.batch_size, user.hyp) == (100, 16, "hyp.scratch-low.yaml")
+    generated = TrainOptions(data="data/shapes-hard.yaml").resolve(dict(data, generate={"img_size": 128}))
+    assert (generated.img_size, generated.epochs, generated.hyp) == (160, 30, "h.yaml")  # named, yet bundled
     assert TrainOptions.from_dict(user.to_dict()) == user  # stored in checkpoints as plain data
 
 

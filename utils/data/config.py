@@ -92,6 +92,15 @@ def load_data_config(path: str | Path | None = None) -> dict:
     return config
 
 
+def bundled_defaults(config: dict, named: bool) -> dict:
+    """The data YAML's ``defaults:`` block (img_size, epochs, batch_size, hyp): honored for the bundled
+    dataset used without --data and for any generated dataset (a ``generate:`` block, such as
+    data/shapes-hard.yaml) even when named; a user's own dataset gets yolov5's defaults instead."""
+    if named and "generate" not in config:
+        return {}
+    return dict(config.get("defaults") or {})
+
+
 def read_path_list(list_file: str | Path) -> list[Path]:
     """The paths a .txt list names, one per line; blank lines and '#' comments are skipped. A relative
     path is taken from the list's folder (yolov5's rule), or from the current directory when it exists

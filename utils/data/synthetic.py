@@ -1,8 +1,12 @@
-"""The bundled synthetic detection dataset ("shapes"): a seeded generator of small images of colored shapes.
+"""The bundled synthetic detection datasets ("shapes"): a seeded generator of small images of colored shapes.
 
-Five classes differ in both shape and color (red circle, green square, blue triangle, yellow star,
-magenta cross), from ~12 px to half the image, 1-6 per image with limited overlap, on textured noisy
-backgrounds with distractor lines and blobs; about 10% of the images are backgrounds (empty label file).
+With the defaults (data/shapes.yaml) five classes differ in both shape and color (red circle, green
+square, blue triangle, yellow star, magenta cross), from ~12 px to half the image, 1-6 per image with
+limited overlap, on textured noisy backgrounds with distractor lines and blobs; about 10% of the images
+are backgrounds (empty label file). The parameters of ``Scene`` make it harder (data/shapes-hard.yaml):
+each shape in two colors, so that ten classes are told apart only by shape and color together; smaller
+objects, more of them, hiding more of each other; unlabeled look-alikes (class shapes in colors no class
+has, hollow outlines in class colors).
 Layout written under ``root``: ``images/{train,val}/*.jpg`` and ``labels/{train,val}/*.txt`` (YOLO rows
 ``class cx cy w h``, normalized). Every image has its own seeded generator, so the output is identical
 on every machine and for every run.
@@ -16,6 +20,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -23,9 +28,13 @@ import numpy as np
 
 LOGGER = logging.getLogger(__name__)
 
-CLASS_NAMES = ["circle", "square", "triangle", "star", "cross"]
-# Base colors in BGR; each object jitters its color around the base.
+CLASS_NAMES = ["circle", "square", "triangle", "star", "cross"]  # the shapes; the classes of one color family
+# Base colors in BGR; each object jitters its color around the base. Shape k's color in family f is
+# CLASS_COLORS[(k + f) % 5], so with two families every color is worn by two shapes.
 CLASS_COLORS = [(40, 40, 220), (50, 190, 40), (220, 90, 30), (30, 220, 230), (200, 40, 200)]
+COLOR_NAMES = ["red", "green", "blue", "yellow", "magenta"]
+# Decoys' colors: >= 110 from every class color in some channel, so >= 50 apart after both jitters.
+DECOY_COLORS = [(220, 220, 40), (235, 235, 235), (30, 30, 30), (180, 150, 255)]  # cyan, white, black, pink
 SPLITS = ("train", "val")
 MARKER = (
     "generated.json"  # written last: its presence (with matching parameters) means the dataset is complete
@@ -64,18 +73,52 @@ def _distractors(rng: np.random.Generator, image: np.ndarray) -> None:
         cv2.line(image, tuple(map(int, points[0])), tuple(map(int, points[1])), color, thickness, cv2.LINE_AA)
 
 
-def _shape_polygon(class_index: int, rng: np.random.Generator) -> np.ndarray:
-    """Vertices of a class's shape in a unit frame centered at 0, before scaling. -> float (K, 2) xy."""
-    if class_index == 0:  # circle
+@dataclass(frozen=True)
+class Scene:
+    """What one image may hold. The defaults are the easy dataset's and draw the same random numbers as
+    before these options existed, so data/shapes/ stays byte-identical."""
+
+    max_objects: int = 6
+    min_object_size: float = 12.0  # px, the longer side of the shape's box
+    max_object_fraction: float = 0.5  # of the shorter image side
+    color_families: int = 1  # 1: 5 classes, one color per shape; 2: 10 classes, each shape in two colors
+    max_occlusion: float = 0.3  # share of an earlier object's box that a later object may cover
+    max_decoys: int = 0  # unlabeled look-alikes per image (0 to this many)
+
+    def __post_init__(self):
+        if self.color_families not in (1, 2):
+            raise ValueError(f"color_families is {self.color_families}; it must be 1 or 2.")
+
+
+def class_names(color_families: int = 1) -> list[str]:
+    """The class names: the shapes for one color family; "color-shape" for two (class: family * 5 + shape)."""
+    if color_families == 1:
+        return list(CLASS_NAMES)
+    return [
+        f"{COLOR_NAMES[(shape + family) % 5]}-{name}"
+        for family in range(color_families)
+        for shape, name in enumerate(CLASS_NAMES)
+    ]
+
+
+def _class_color(class_index: int) -> tuple[int, int, int]:
+    shape, family = class_index % len(CLASS_NAMES), class_index // len(CLASS_NAMES)
+    return CLASS_COLORS[(shape + family) % len(CLASS_COLORS)]
+
+
+def _shape_polygon(shape: int, rng: np.random.Generator) -> np.ndarray:
+    """Vertices of a shape (an index into CLASS_NAMES) in a unit frame centered at 0, before scaling.
+    -> float (K, 2) xy."""
+    if shape == 0:  # circle
         angles = np.linspace(0, 2 * math.pi, 48, endpoint=False)
         return np.stack([np.cos(angles), np.sin(angles)], 1)
-    if class_index == 1:  # square, slightly rectangular
+    if shape == 1:  # square, slightly rectangular
         aspect = rng.uniform(0.8, 1.25)
         return np.array([[-1, -aspect], [1, -aspect], [1, aspect], [-1, aspect]], dtype=np.float64)
-    if class_index == 2:  # triangle, roughly upright
+    if shape == 2:  # triangle, roughly upright
         angles = np.deg2rad(np.array([-90.0, 30.0, 150.0]) + rng.uniform(-20, 20))
         return np.stack([np.cos(angles), np.sin(angles)], 1)
-    if class_index == 3:  # five-pointed star, any rotation
+    if shape == 3:  # five-pointed star, any rotation
         angles = np.linspace(0, 2 * math.pi, 10, endpoint=False) + rng.uniform(0, 2 * math.pi)
         radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
         return np.stack([np.cos(angles) * radii, np.sin(angles) * radii], 1)
@@ -99,8 +142,46 @@ def _shape_polygon(class_index: int, rng: np.random.Generator) -> np.ndarray:
     )
 
 
-def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
-    """A new box (drawn on top) may hide <= 30% of an earlier box and overlap by at most half of itself."""
+def _placed_polygon(
+    rng: np.random.Generator, shape: int, sizes: tuple[float, float], width: int, height: int
+) -> np.ndarray:
+    """A shape, its box's longer side log-uniform in sizes (px), placed inside the image. -> (K, 2) xy px."""
+    size = math.exp(rng.uniform(math.log(sizes[0]), math.log(sizes[1])))
+    polygon = _shape_polygon(shape, rng)
+    extent = polygon.max(0) - polygon.min(0)
+    polygon = (polygon - polygon.min(0)) * (size / extent.max())
+    span = polygon.max(0)
+    return polygon + rng.uniform([0, 0], [width - span[0], height - span[1]])
+
+
+def _subpixel(polygon: np.ndarray) -> np.ndarray:
+    return np.round(polygon * (1 << _SUBPIXEL_BITS)).astype(np.int32)
+
+
+def _fill(image: np.ndarray, polygon: np.ndarray, color: np.ndarray) -> None:
+    cv2.fillPoly(image, [_subpixel(polygon)], color.tolist(), cv2.LINE_AA, _SUBPIXEL_BITS)
+
+
+def _decoys(rng: np.random.Generator, image: np.ndarray, scene: Scene) -> None:
+    """Up to scene.max_decoys unlabeled look-alikes, in place: a class shape filled with a color no class
+    has, or a class shape's hollow outline in a class color. Drawn under the objects."""
+    height, width = image.shape[:2]
+    max_size = scene.max_object_fraction * min(width, height)
+    sizes = (min(max(scene.min_object_size, 10.0), max_size), max_size)  # outlines need room to look hollow
+    for _ in range(rng.integers(0, scene.max_decoys + 1)):
+        polygon = _placed_polygon(rng, int(rng.integers(0, len(CLASS_NAMES))), sizes, width, height)
+        if rng.random() < 0.5:
+            base = DECOY_COLORS[int(rng.integers(0, len(DECOY_COLORS)))]
+            _fill(image, polygon, np.clip(np.array(base) + rng.uniform(-15, 15, size=3), 0, 255))
+        else:
+            base = CLASS_COLORS[int(rng.integers(0, len(CLASS_COLORS)))]
+            color = np.clip(np.array(base) + rng.uniform(-30, 30, size=3), 0, 255)
+            cv2.polylines(image, [_subpixel(polygon)], True, color.tolist(), 1, cv2.LINE_AA, _SUBPIXEL_BITS)
+
+
+def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray], max_occlusion: float = 0.3) -> bool:
+    """A new box (drawn on top) may hide <= max_occlusion of an earlier box and overlap by at most half
+    of itself."""
     area = (box[2] - box[0]) * (box[3] - box[1])
     for other in boxes:
         inter_w = min(box[2], other[2]) - max(box[0], other[0])
@@ -108,44 +189,36 @@ def _overlap_ok(box: np.ndarray, boxes: list[np.ndarray]) -> bool:
         if inter_w <= 0 or inter_h <= 0:
             continue
         inter = inter_w * inter_h
-        if inter > 0.3 * (other[2] - other[0]) * (other[3] - other[1]) or inter > 0.5 * area:
+        if inter > max_occlusion * (other[2] - other[0]) * (other[3] - other[1]) or inter > 0.5 * area:
             return False
     return True
 
 
 def render_image(
-    rng: np.random.Generator,
-    width: int,
-    height: int,
-    max_objects: int = 6,
-    min_object_size: float = 12,
-    max_object_fraction: float = 0.5,
-    background: bool = False,
+    rng: np.random.Generator, width: int, height: int, scene: Scene = Scene(), background: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one image. -> (uint8 (H, W, 3) BGR, float (n, 5) rows class, cx, cy, w, h normalized)."""
     image = _background(rng, height, width)
     _distractors(rng, image)
+    if scene.max_decoys > 0:  # no draw at all otherwise: the easy dataset keeps its random sequence
+        _decoys(rng, image, scene)
     boxes, labels = [], []
-    wanted = 0 if background else int(rng.integers(1, max_objects + 1))
-    max_size = max_object_fraction * min(width, height)
+    wanted = 0 if background else int(rng.integers(1, scene.max_objects + 1))
+    sizes = (scene.min_object_size, scene.max_object_fraction * min(width, height))
     for _ in range(wanted):
-        class_index = int(rng.integers(0, len(CLASS_NAMES)))
+        class_index = int(rng.integers(0, len(CLASS_NAMES) * scene.color_families))
         for _attempt in range(30):
-            size = math.exp(rng.uniform(math.log(min_object_size), math.log(max_size)))
-            polygon = _shape_polygon(class_index, rng)
-            extent = polygon.max(0) - polygon.min(0)
-            polygon = (polygon - polygon.min(0)) * (size / extent.max())
-            span = polygon.max(0)
-            offset = rng.uniform([0, 0], [width - span[0], height - span[1]])
-            polygon = polygon + offset
+            polygon = _placed_polygon(rng, class_index % len(CLASS_NAMES), sizes, width, height)
             box = np.concatenate([polygon.min(0), polygon.max(0)])
-            if _overlap_ok(box, boxes):
+            if _overlap_ok(box, boxes, scene.max_occlusion):
                 break
         else:
             continue
-        color = np.clip(np.array(CLASS_COLORS[class_index]) + rng.uniform(-30, 30, size=3), 0, 255)
-        points = np.round(polygon * (1 << _SUBPIXEL_BITS)).astype(np.int32)
-        cv2.fillPoly(image, [points], color.tolist(), cv2.LINE_AA, _SUBPIXEL_BITS)
+        _fill(
+            image,
+            polygon,
+            np.clip(np.array(_class_color(class_index)) + rng.uniform(-30, 30, size=3), 0, 255),
+        )
         boxes.append(box)
         cx, cy = (box[0] + box[2]) / 2 / width, (box[1] + box[3]) / 2 / height
         labels.append([class_index, cx, cy, (box[2] - box[0]) / width, (box[3] - box[1]) / height])
@@ -160,20 +233,13 @@ def _write_split(root: Path, split: str, count: int, split_index: int, params: d
     width, height = (
         params["img_size"] if isinstance(params["img_size"], (list, tuple)) else [params["img_size"]] * 2
     )
+    scene = Scene(**{field.name: params[field.name] for field in fields(Scene)})
     n_objects = 0
     for i in range(count):
         rng = np.random.default_rng([params["seed"], split_index, i])
         fraction = params["background_fraction"]
         background = math.floor((i + 1) * fraction) > math.floor(i * fraction)  # exactly that share
-        image, labels = render_image(
-            rng,
-            width,
-            height,
-            params["max_objects"],
-            params["min_object_size"],
-            params["max_object_fraction"],
-            background,
-        )
+        image, labels = render_image(rng, width, height, scene, background)
         cv2.imwrite(str(image_dir / f"{split}_{i:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
         rows = "".join(f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
         (label_dir / f"{split}_{i:05d}.txt").write_text(rows)
@@ -181,36 +247,37 @@ def _write_split(root: Path, split: str, count: int, split_index: int, params: d
     return n_objects
 
 
-def generate_dataset(
-    root: str | Path,
+def dataset_params(
     img_size: int | tuple[int, int] = 160,
     train_images: int = 600,
     val_images: int = 120,
     seed: int = 0,
     background_fraction: float = 0.1,
-    max_objects: int = 6,
-    min_object_size: float = 12,
-    max_object_fraction: float = 0.5,
+    **scene,
 ) -> dict:
-    """Write the dataset under root (replacing what is there); img_size: side or (width, height)."""
-    root = Path(root)
-    params = {
+    """Every generation parameter (a data YAML's ``generate:`` keys; ``scene``: the fields of Scene) as a
+    plain JSON value, defaults filled in. img_size: side or (width, height)."""
+    scene = Scene(**scene)
+    return {
         "img_size": list(img_size) if isinstance(img_size, (list, tuple)) else int(img_size),
         "train_images": int(train_images),
         "val_images": int(val_images),
         "seed": int(seed),
         "background_fraction": float(background_fraction),
-        "max_objects": int(max_objects),
-        "min_object_size": float(min_object_size),
-        "max_object_fraction": float(max_object_fraction),
+        **{field.name: type(field.default)(getattr(scene, field.name)) for field in fields(Scene)},
     }
+
+
+def generate_dataset(root: str | Path, **params) -> dict:
+    """Write the dataset under root (replacing what is there); params: see dataset_params. -> all params."""
+    root = Path(root)
+    params = dataset_params(**params)
     start = time.perf_counter()
     objects = {}
-    for split_index, (split, count) in enumerate(zip(SPLITS, (train_images, val_images))):
-        objects[split] = _write_split(root, split, count, split_index, params)
-    (root / MARKER).write_text(
-        json.dumps({"params": params, "names": CLASS_NAMES, "objects": objects}, indent=1)
-    )
+    for split_index, split in enumerate(SPLITS):
+        objects[split] = _write_split(root, split, params[f"{split}_images"], split_index, params)
+    names = class_names(params["color_families"])
+    (root / MARKER).write_text(json.dumps({"params": params, "names": names, "objects": objects}, indent=1))
     LOGGER.debug(f"Wrote {root} in {time.perf_counter() - start:.1f}s ({objects} objects).")
     return params
 
@@ -250,9 +317,7 @@ def _is_complete(root: Path, params: dict) -> bool:
     marker = root / MARKER
     if not marker.is_file():
         return False
-    try:
-        written = json.loads(marker.read_text())["params"]
-    except (ValueError, KeyError):
+    try:  # a marker written before a parameter existed holds that parameter's default
+        return dataset_params(**json.loads(marker.read_text())["params"]) == dataset_params(**params)
+    except (ValueError, KeyError, TypeError):
         return False
-    wanted = dict(written, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()})
-    return all(written.get(k) == v for k, v in wanted.items())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.checkpoint import load_checkpoint
+from utils.data.config import bundled_defaults
 from utils.errors import CheckpointError, ConfigError
 from utils.paths import latest_run
 
@@ -59,15 +60,14 @@ class TrainOptions:
         return cls(**{key: value for key, value in values.items() if key in known})
 
     def resolve(self, data_config: dict) -> TrainOptions:
-        """Unset img_size/epochs/batch_size/hyp from the bundled dataset's ``defaults:`` block (only when
-        no dataset was named) or from the yolov5 defaults; then check the values."""
+        """Unset img_size/epochs/batch_size/hyp from a bundled dataset's ``defaults:`` block (see
+        utils.data.config.bundled_defaults) or from the yolov5 defaults; then check the values."""
         defaults = dict(USER_DATA_DEFAULTS)
-        if self.data is None:
-            bundled = data_config.get("defaults") or {}
-            unknown = sorted(set(bundled) - set(defaults))
-            if unknown:
-                LOGGER.warning(f"{data_config['yaml_file']}: ignoring unknown keys {unknown} in 'defaults:'.")
-            defaults.update({k: v for k, v in bundled.items() if k in defaults})
+        bundled = bundled_defaults(data_config, named=self.data is not None)
+        unknown = sorted(set(bundled) - set(defaults))
+        if unknown:
+            LOGGER.warning(f"{data_config['yaml_file']}: ignoring unknown keys {unknown} in 'defaults:'.")
+        defaults.update({k: v for k, v in bundled.items() if k in defaults})
         unset = {key: value for key, value in defaults.items() if getattr(self, key) is None}
         resolved = dataclasses.replace(self, **unset)
         resolved.check()
