@@ -22,6 +22,9 @@ class Hyp:
     warmup_epochs: float = 3.0
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
+    # 1: re-parameterized blocks that define it (RepVGGBlock) get weight decay on their equivalent fused
+    # kernel instead of on each branch kernel (RepVGG's "custom L2"); 0: plain weight decay everywhere
+    rep_l2: float = 0.0
     # loss
     box: float = 0.05  # box loss gain
     cls: float = 0.5  # classification loss gain
