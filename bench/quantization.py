@@ -138,6 +138,9 @@ def run(
     rounds: int = 20,
     project: str = "runs/bench-quantization",
     json_path: str | None = None,
+    models: Sequence[str] = MODELS,
+    data: str | None = None,
+    img_size: int | None = None,
 ) -> dict:
     """Measure, print the two tables and return (and write to json_path) all the numbers."""
     from utils.checkpoint import load_checkpoint
@@ -149,27 +152,28 @@ def run(
     root = Path(project)
     results: dict = {"cpu": platform.processor() or platform.machine(), "features": cpu_features(),
                      "torch": torch.__version__, "threads": threads, "models": {}}  # fmt: skip
-    for cfg in MODELS:
+    for cfg in models:
         name = Path(cfg).stem
         checkpoint = trained_weights(cfg, given.get(name), epochs, root)
         ckpt = load_checkpoint(checkpoint)
-        img_size = training_img_size(ckpt)
-        data = (ckpt.get("data") or {}).get("yaml_file")
-        plain = converted(checkpoint, root / name / f"int8-{img_size}", img_size, calib, None)
-        bounded = converted(checkpoint, root / name / f"bounded-{img_size}", img_size, calib, max_drop)
+        map_size = img_size or training_img_size(ckpt)
+        data_yaml = data or (ckpt.get("data") or {}).get("yaml_file")
+        plain = converted(checkpoint, root / name / f"int8-{map_size}", map_size, calib, None)
+        bounded = converted(checkpoint, root / name / f"bounded-{map_size}", map_size, calib, max_drop)
         rows = {
-            label: scores(artefact(plain["fused"], suffix), data, img_size) for label, suffix in ARTEFACTS
+            label: scores(artefact(plain["fused"], suffix), data_yaml, map_size)
+            for label, suffix in ARTEFACTS
         }
         for label, end, runtime, _ in BOUNDED:
-            rows[label] = scores(artefact(bounded["fused"], end), data, img_size)
+            rows[label] = scores(artefact(bounded["fused"], end), data_yaml, map_size)
             rows[label]["kept_float"] = bounded["bounded"].get(runtime, {}).get("kept_float", [])
         for label, reference in DROPS:
             rows[label]["drop"] = rows[reference]["mAP50_95"] - rows[label]["mAP50_95"]
-        results["models"][name] = {"weights": str(checkpoint), "img_size": img_size, "map": rows}
-        print(format_scores(name, img_size, rows), flush=True)
+        results["models"][name] = {"weights": str(checkpoint), "img_size": map_size, "map": rows}
+        print(format_scores(name, map_size, rows), flush=True)
     for size in sizes:
         calls = {}
-        for cfg in MODELS:
+        for cfg in models:
             name = Path(cfg).stem
             exported = converted(Path(results["models"][name]["weights"]), root / name / f"latency-{size}",
                                  size, calib, None)  # fmt: skip
@@ -231,6 +235,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--project", default="runs/bench-quantization")
     parser.add_argument("--json", dest="json_path", default=None)
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), help="model YAMLs (their stems name them)"
+    )
+    parser.add_argument("--data", default=None, help="dataset YAML (default: each checkpoint's own)")
     return parser.parse_args(argv)
 
 

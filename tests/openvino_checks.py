@@ -7,6 +7,7 @@ crash a later fork of the process that used it (the data loader's workers, the c
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -148,7 +149,8 @@ def test_bad_input_is_one_sentence(exported, tmp_path, capsys):
 
 def test_bounded_openvino_reverts_layers_until_the_metric_holds(exported, tmp_path):
     """NNCF's accuracy control against a stand-in metric (100 minus 100x the relative output error to the
-    float IR; NNCF divides by the float score, so not 0): a bound of half the all-INT8 drop makes it keep some convolutions float."""
+    float IR; NNCF divides by the float score, so not 0): a bound of half the all-INT8 drop makes it
+    keep some convolutions float."""
     import numpy as np
     import torch
 
@@ -175,3 +177,24 @@ def test_bounded_openvino_reverts_layers_until_the_metric_holds(exported, tmp_pa
 
     floats = set(float_convolutions(ov.Core().read_model(str(tmp_path / "q" / "q.xml"))))
     assert set(result.kept_float) <= floats
+
+
+def test_bench_quantization_scores_every_artefact_with_val(exported, tmp_path):
+    from bench import quantization
+
+    root, _ = exported
+    results = quantization.run(
+        weights=[f"repyolov5s={root / 'best.pt'}"], models=["repyolov5s.yaml"], data=str(root / "data.yaml"),
+        img_size=64, calib=4, sizes=[64], threads=1, rounds=1, project=str(tmp_path / "q"),
+        json_path=str(tmp_path / "q.json"),
+    )  # fmt: skip
+    model = results["models"]["repyolov5s"]
+    labels = [label for label, _ in quantization.ARTEFACTS] + [row[0] for row in quantization.BOUNDED]
+    assert list(model["map"]) == labels
+    int8 = tmp_path / "q" / "repyolov5s" / "int8-64" / "best_fused_int8.onnx"
+    by_val = val.run(
+        data=root / "data.yaml", weights=int8, workers=0, plots=False, quiet=True, project=tmp_path
+    )
+    assert model["map"]["ORT INT8"]["mAP50_95"] == 100 * by_val["mAP50_95"]
+    assert set(model["latency_ms"]["64"]) == {"PyTorch eager", "PyTorch channels_last", *labels[1:5]}
+    assert json.loads((tmp_path / "q.json").read_text())["features"] == quantization.cpu_features()

@@ -19,4 +19,4 @@ def test_openvino_and_int8_exports():
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     print(done.stdout[-3000:])
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "6 passed" in done.stdout
+    assert "7 passed" in done.stdout

@@ -25,7 +25,13 @@ import onnx
 import torch
 
 from utils.deploy.backend import InferenceModel, OnnxInferenceModel, OpenVINOInferenceModel
-from utils.deploy.quantize import calibration_batches, decode_tail_nodes, openvino_names, quantize_onnx
+from utils.deploy.quantize import (
+    calibration_batches,
+    decode_tail_nodes,
+    openvino_names,
+    quantize_onnx,
+    quantize_openvino,
+)
 from utils.evaluation.evaluate import evaluate
 
 LOGGER = logging.getLogger(__name__)
@@ -265,8 +271,16 @@ def quantize_openvino_bounded(
 
     device = torch.device("cpu")
     core = ov.Core()
+
+    def score_ir(xml: Path) -> float:
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return score(OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(xml)), batches)
+
+    float_score = score_ir(fp32_xml)
+    if float_score <= 0:  # nothing to lose (an untrained model); NNCF's search would divide by it
+        quantize_openvino(fp32_xml, int8_xml, files, img_size, kept_float)
+        return BoundedResult("OpenVINO", max_drop, float_score, score_ir(int8_xml))
     model = core.read_model(str(fp32_xml))
-    head = openvino_names(model, kept_float)
 
     def validate(compiled, items) -> tuple[float, None]:
         predictor = OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(fp32_xml))
@@ -281,15 +295,10 @@ def quantize_openvino_bounded(
         drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(files),
-        ignored_scope=nncf.IgnoredScope(names=head, validate=False),
+        ignored_scope=nncf.IgnoredScope(names=openvino_names(model, kept_float), validate=False),
     )
     int8_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(int8_xml), compress_to_fp16=False)
-
-    def score_ir(xml: Path) -> float:
-        compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return score(OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(xml)), batches)
-
-    float_score, int8_score = score_ir(fp32_xml), score_ir(int8_xml)
+    int8_score = score_ir(int8_xml)
     reverted = [name for name in float_convolutions(quantized) if name not in kept_float]
     return BoundedResult("OpenVINO", max_drop, float_score, int8_score, reverted)
