@@ -7,6 +7,7 @@ import torch
 
 from models.blocks.repvgg import RepVGGBlock
 from models.yolo import Model
+from utils.paths import ROOT
 from utils.train.optim import build_optimizer, equivalent_kernel_penalty
 
 
@@ -53,6 +54,25 @@ def test_branch_kernels_leave_the_decayed_group_and_get_the_penalty_instead():
     decayed = {id(p) for p in optimizer.param_groups[1]["params"]}
     assert undecayed and not (undecayed & decayed)
     assert undecayed <= {id(p) for p in optimizer.param_groups[2]["params"]}
-    penalty().backward()
-    assert all(p.grad is not None for p in model.parameters() if id(p) in undecayed)
+    parameters, value = penalty()
+    assert {id(p) for p in parameters} == undecayed
+    value.backward()
+    assert all(p.grad is not None for p in parameters)
     assert equivalent_kernel_penalty(Model("yolov5n.yaml", nc=3)) is None  # no RepVGG block: plain decay
+
+
+def test_a_run_with_rep_l2_trains_and_records_it(tmp_path):
+    import yaml
+
+    import train
+    from tests.helpers import make_tiny_dataset
+
+    torch.set_num_threads(1)
+    data_yaml, _ = make_tiny_dataset(tmp_path)
+    hyp = yaml.safe_load((ROOT / "data" / "hyps" / "hyp.shapes.yaml").read_text()) | {"rep_l2": 1.0}
+    (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(hyp))
+    summary = train.run(cfg="repyolov5n.yaml", data=str(data_yaml), hyp=str(tmp_path / "hyp.yaml"), epochs=1,
+                        img_size=64, batch_size=4, device="cpu", workers=0, project=str(tmp_path), name="l2",
+                        plots=False, tensorboard=False)  # fmt: skip
+    assert summary["finished"]
+    assert yaml.safe_load((tmp_path / "l2" / "hyp.yaml").read_text())["rep_l2"] == 1.0

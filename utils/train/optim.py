@@ -46,15 +46,21 @@ def parameter_groups(model: nn.Module, undecayed: set[int] = frozenset()) -> tup
     return biases, weights, norm_weights
 
 
-def equivalent_kernel_penalty(model: nn.Module) -> tuple[set[int], Callable[[], torch.Tensor]] | None:
+def equivalent_kernel_penalty(
+    model: nn.Module,
+) -> tuple[set[int], Callable[[], tuple[list, torch.Tensor]]] | None:
     """For RepVGG's custom L2 (hyp rep_l2): the ids of the branch kernels whose plain weight decay it
-    replaces, and a function giving the summed L2 penalty of the blocks' equivalent kernels. None when
-    no block of the model defines one."""
+    replaces, and a function giving (those kernels, the summed L2 penalty of the blocks' equivalent
+    kernels). None when no block of the model defines one."""
     blocks = [m for m in model.modules() if hasattr(m, "equivalent_kernel_l2") and m.equivalent_kernel_l2()]
     if not blocks:
         return None
-    ids = {id(parameter) for block in blocks for parameter in block.equivalent_kernel_l2()[0]}
-    return ids, lambda: sum(block.equivalent_kernel_l2()[1] for block in blocks)
+    parameters = [parameter for block in blocks for parameter in block.equivalent_kernel_l2()[0]]
+
+    def penalty() -> tuple[list[nn.Parameter], torch.Tensor]:
+        return parameters, sum(block.equivalent_kernel_l2()[1] for block in blocks)
+
+    return {id(parameter) for parameter in parameters}, penalty
 
 
 def build_optimizer(

@@ -24,8 +24,9 @@ class OptimizerStep:
     accumulation continue seamlessly after a resume (pass the resumed ``last_step``).
     loss_scale: multiplies the loss before backward; DDP averages gradients over ranks, so a
     distributed run passes its world size to keep the per-image scale.
-    penalty: a function whose gradient, times ``penalty_decay`` / 2, is added at each optimizer step (the
-    equivalent-kernel weight decay of hyp rep_l2).
+    penalty: a function giving (parameters, a penalty) whose gradient, times ``penalty_decay`` / 2, is
+    added to those parameters' gradients at each optimizer step (the equivalent-kernel weight decay of
+    hyp rep_l2).
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class OptimizerStep:
         amp: bool = False,
         last_step: int = -1,
         loss_scale: float = 1.0,
-        penalty: Callable[[], torch.Tensor] | None = None,
+        penalty: Callable[[], tuple[list, torch.Tensor]] | None = None,
         penalty_decay: float = 0.0,
     ):
         self.model, self.optimizer, self.schedule, self.hyp, self.ema = model, optimizer, schedule, hyp, ema
@@ -87,7 +88,12 @@ class OptimizerStep:
             return False
         self.scaler.unscale_(self.optimizer)
         if self.penalty is not None:  # weight decay as the gradient of 0.5 * decay * penalty, once per step
-            (0.5 * self.penalty_decay * self.penalty()).backward()
+            # autograd.grad, not backward: DDP's gradient hooks must fire once per step, for the loss
+            parameters, value = self.penalty()
+            for parameter, grad in zip(parameters, torch.autograd.grad(value, parameters)):
+                parameter.grad = grad * (0.5 * self.penalty_decay) + (
+                    parameter.grad if parameter.grad is not None else 0
+                )
         nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=GRAD_CLIP_NORM)
         self.scaler.step(self.optimizer)
         self.scaler.update()
