@@ -21,7 +21,7 @@ import torch
 import yaml
 from torch import nn
 
-from utils.deploy.timing import interleaved_latency
+from utils.deploy.timing import channels_last_call, interleaved_latency
 from utils.errors import ConversionError
 from utils.paths import write_text_atomic
 
@@ -217,13 +217,13 @@ def export_and_check(
             f"(limit {MAX_ONNX_RELATIVE_ERROR:g}); do not deploy it — try another ONNX opset."
         )
     single = images[:1]
-    latency = interleaved_latency(
-        {"pytorch": lambda: model(single), "onnxruntime": lambda: session(single.cpu())}, runs, threads
-    )
+    calls = {"pytorch": channels_last_call(model, single), "onnxruntime": lambda: session(single.cpu())}
+    latency = interleaved_latency(calls, runs, threads)
     threads_used = f"{threads} thr" if threads else "default threads"
+    pytorch, ort = latency["pytorch"], latency["onnxruntime"]
     print(
-        f"  CPU latency, batch 1, {threads_used}: PyTorch fused {latency['pytorch']:.1f} ms, ONNX Runtime "
-        f"{latency['onnxruntime']:.1f} ms (ORT / PyTorch {latency['onnxruntime'] / latency['pytorch']:.2f}x)"
+        f"  CPU latency, batch 1, {threads_used}: PyTorch fused (channels_last) {pytorch:.1f} ms, "
+        f"ONNX Runtime {ort:.1f} ms (ORT / PyTorch {ort / pytorch:.2f}x)"
     )
     return {
         "path": str(path),

@@ -16,7 +16,7 @@ from models.yolo import count_gflops, count_parameters
 from utils.checkpoint import model_from_checkpoint
 from utils.data.config import image_files_from_sources
 from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
-from utils.deploy.timing import interleaved_latency
+from utils.deploy.timing import channels_last_call, interleaved_latency
 
 LOGGER = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def format_report(report: dict) -> str:
         ("BatchNorm modules", before["bn"], after["bn"]),
         *block_rows(before["blocks"], after["blocks"]),
         (
-            f"CPU latency, batch 1, {report['threads']} thr",
+            f"CPU latency, batch 1, {report['threads']} thr, channels_last",
             f"{before['latency_ms']:.1f} ms",
             f"{after['latency_ms']:.1f} ms",
         ),
@@ -147,9 +147,8 @@ def fusion_report(result: dict, weights: Path, output: Path, img_size: int, runs
     """The before/after table's numbers: module counts, GFLOPs and interleaved batch-1 latency."""
     trained, fused = result["trained"], result["fused"]
     single = result["images"][:1]
-    latency = interleaved_latency(
-        {"trained": lambda: trained(single), "fused": lambda: fused(single)}, runs, threads
-    )
+    calls = {"trained": channels_last_call(trained, single), "fused": channels_last_call(fused, single)}
+    latency = interleaved_latency(calls, runs, threads)
     report = {
         "status": "converted",
         "weights": str(weights),

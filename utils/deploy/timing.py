@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Callable
 
 import torch
+from torch import nn
 
 
 def interleaved_latency(
@@ -33,3 +35,12 @@ def interleaved_latency(
     finally:
         torch.set_num_threads(previous_threads)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def channels_last_call(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A call of a channels_last copy of ``model`` on a channels_last ``x``: how PyTorch inference runs
+    (utils.deploy.backend.TorchInferenceModel), so that its latency rows time what val.py and detect.py
+    run."""
+    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    return lambda: converted(x)
