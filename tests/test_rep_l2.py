@@ -1,5 +1,5 @@
-"""hyp rep_l2 (RepVGG's custom L2): weight decay on the equivalent fused kernel of each RepVGG block
-instead of on each branch kernel."""
+"""The recipe levers of re-parameterized training: hyp rep_l2 (RepVGG's custom L2: weight decay on the
+equivalent fused kernel of each RepVGG block instead of on each branch kernel) and rep_branch_gamma."""
 
 from __future__ import annotations
 
@@ -76,3 +76,16 @@ def test_a_run_with_rep_l2_trains_and_records_it(tmp_path):
                         plots=False, tensorboard=False)  # fmt: skip
     assert summary["finished"]
     assert yaml.safe_load((tmp_path / "l2" / "hyp.yaml").read_text())["rep_l2"] == 1.0
+
+
+def test_rep_branch_gamma_starts_the_side_branches_at_that_scale():
+    from utils.hyp import Hyp
+    from utils.train.options import TrainOptions
+    from utils.train.trainer import build_model
+
+    options = TrainOptions(cfg="repyolov5n.yaml")
+    model = build_model(options, 3, ["a", "b", "c"], None, branch_gamma=0.0)
+    blocks = [m for m in model.modules() if isinstance(m, RepVGGBlock)]
+    assert blocks and all(float(b.branch_1x1.bn.weight.detach().abs().max()) == 0 for b in blocks)
+    assert all(float(b.branch_kxk.bn.weight.detach().min()) == 1 for b in blocks)
+    assert Hyp().rep_branch_gamma == 1.0  # the default leaves PyTorch's initialization alone

@@ -204,6 +204,16 @@ class RepVGGBlock(ReparamBlock):
             y = y + self.branch_identity(x)
         return y
 
+    @torch.no_grad()
+    def init_side_branches(self, gamma: float) -> None:
+        """Set the BN scale of the 1x1 and identity branches (hyp rep_branch_gamma); 0 makes the block
+        start as its kxk conv+BN alone."""
+        if self.deploy:
+            return
+        self.branch_1x1.bn.weight.fill_(gamma)
+        if self.branch_identity is not None:
+            self.branch_identity.weight.fill_(gamma)
+
     def equivalent_kernel_l2(self) -> tuple[list[nn.Parameter], Tensor] | None:
         """The L2 penalty of the equivalent kxk kernel rather than of each branch (RepVGG's training
         code): the kxk kernel's own ring plus, at the centre, (t_kxk K_kxk + t_1x1 K_1x1)^2 normalized by

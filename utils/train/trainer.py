@@ -119,8 +119,12 @@ def scale_loss_gains(hyp: Hyp, nl: int, nc: int, img_size: int) -> Hyp:
     )
 
 
-def build_model(options: TrainOptions, nc: int, names: list[str], resume_ckpt: dict | None) -> Model:
-    """A model from the cfg, the resumed run, or weights (transferred by matching names and shapes)."""
+def build_model(
+    options: TrainOptions, nc: int, names: list[str], resume_ckpt: dict | None, branch_gamma: float = 1.0
+) -> Model:
+    """A model from the cfg, the resumed run, or weights (transferred by matching names and shapes).
+    branch_gamma: the initial BN scale of the side branches of re-parameterized blocks that have them,
+    for a model trained from scratch (hyp rep_branch_gamma)."""
     if resume_ckpt is not None:
         model = Model(resume_ckpt["model_yaml"], nc=nc)
         model.load_state_dict(resume_ckpt["raw_model"])
@@ -128,6 +132,10 @@ def build_model(options: TrainOptions, nc: int, names: list[str], resume_ckpt: d
         model = _transfer_weights(options.weights, options.cfg, nc)
     elif options.cfg:
         model = Model(options.cfg, nc=nc)
+        if branch_gamma != 1.0:
+            for block in model.modules():
+                if hasattr(block, "init_side_branches"):
+                    block.init_side_branches(branch_gamma)
     else:
         raise ConfigError(
             "no model given; name a model YAML as cfg (e.g. repyolov5s.yaml) or a checkpoint as weights."
@@ -180,7 +188,7 @@ class Trainer:
         self.resumed = resume_ckpt is not None
         self.finishing = bool(resume_ckpt and resume_ckpt.get("finishing"))  # killed in the end-of-run step
         self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(options.hyp)
-        model = build_model(options, data["nc"], data["names"], resume_ckpt)
+        model = build_model(options, data["nc"], data["names"], resume_ckpt, self.hyp.rep_branch_gamma)
         self.model = model.to(device, memory_format=torch.channels_last)  # see utils.train.epoch.train_step
         self.img_size = check_img_size(options.img_size, max(int(self.model.stride.max()), 32))
         if options.batch_size % context.world_size:
