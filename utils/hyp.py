@@ -22,12 +22,10 @@ class Hyp:
     warmup_epochs: float = 3.0
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
-    # 1: re-parameterized blocks that define it (RepVGGBlock) get weight decay on their equivalent fused
-    # kernel instead of on each branch kernel (RepVGG's "custom L2"); 0: plain weight decay everywhere
-    rep_l2: float = 0.0
     # initial BN scale (gamma) of RepVGG blocks' 1x1 and identity branches when training from scratch:
-    # 1 is PyTorch's default; 0 starts each block as its kxk conv+BN alone, the side branches growing in
-    rep_branch_gamma: float = 1.0
+    # 0 starts each block as its kxk conv+BN alone, the side branches growing in (chosen by bench.accuracy
+    # on data/shapes-hard.yaml, see the README); 1 is PyTorch's default. Plain models ignore it.
+    rep_branch_gamma: float = 0.0
     # loss
     box: float = 0.05  # box loss gain
     cls: float = 0.5  # classification loss gain

@@ -45,11 +45,6 @@ def fuse_branch(branch: nn.Sequential, kernel_size: int) -> KernelBias:
     return pad_kernel_center(kernel, kernel_size), bias
 
 
-def bn_scale(bn: nn.BatchNorm2d) -> Tensor:
-    """gamma / std of a BatchNorm, Tensor[C], detached: the factor its folding multiplies a kernel by."""
-    return (bn.weight / (bn.running_var + bn.eps).sqrt()).detach()
-
-
 def check_block_arguments(
     block: str, in_channels: Any, out_channels: Any, kernel_size: Any, stride: Any, groups: Any
 ) -> None:
@@ -142,12 +137,6 @@ class ReparamBlock(Block):
         """(kernel Tensor[out, in/groups, k, k], bias Tensor[out]) equal to the training form in eval."""
         raise NotImplementedError
 
-    def equivalent_kernel_l2(self) -> tuple[list[nn.Parameter], Tensor] | None:
-        """RepVGG's "custom L2", for blocks that define it: (the branch kernels it replaces plain weight
-        decay on, the L2 penalty of the kernel they amount to). None: the block's kernels keep plain
-        weight decay."""
-        return None
-
     @torch.no_grad()
     def reparameterize(self) -> ReparamBlock:
         """Fold all branches into one kxk conv with bias (in place, idempotent).
@@ -213,22 +202,6 @@ class RepVGGBlock(ReparamBlock):
         self.branch_1x1.bn.weight.fill_(gamma)
         if self.branch_identity is not None:
             self.branch_identity.weight.fill_(gamma)
-
-    def equivalent_kernel_l2(self) -> tuple[list[nn.Parameter], Tensor] | None:
-        """The L2 penalty of the equivalent kxk kernel rather than of each branch (RepVGG's training
-        code): the kxk kernel's own ring plus, at the centre, (t_kxk K_kxk + t_1x1 K_1x1)^2 normalized by
-        (t_kxk^2 + t_1x1^2), where t = gamma / std of each branch's BN (held constant). With the 1x1
-        branch's BN scale at zero it is the plain L2 of the kxk kernel."""
-        if self.deploy:
-            return None
-        kxk, one = self.branch_kxk.conv.weight, self.branch_1x1.conv.weight
-        t_kxk = bn_scale(self.branch_kxk.bn).reshape(-1, 1, 1, 1)
-        t_1x1 = bn_scale(self.branch_1x1.bn).reshape(-1, 1, 1, 1)
-        c = self.kernel_size // 2
-        centre = kxk[:, :, c : c + 1, c : c + 1]
-        ring = (kxk**2).sum() - (centre**2).sum()
-        equivalent = centre * t_kxk + one * t_1x1
-        return [kxk, one], ring + (equivalent**2 / (t_kxk**2 + t_1x1**2)).sum()
 
     def fused_kernel_bias(self) -> KernelBias:
         branches = [

@@ -3,8 +3,7 @@
 Parameter groups (their order is the lr0, lr1, lr2 columns of results.csv):
   0: biases, no weight decay (warmed up from a high bias learning rate);
   1: all other weights, with weight decay;
-  2: normalization-layer weights (and, with hyp rep_l2, the RepVGG branch kernels, decayed through the
-     equivalent-kernel penalty instead), no weight decay.
+  2: normalization-layer weights, no weight decay.
 """
 
 from __future__ import annotations
@@ -31,49 +30,25 @@ NORM_LAYERS = (
 )  # BatchNorm*, SyncBatchNorm, InstanceNorm*
 
 
-def parameter_groups(model: nn.Module, undecayed: set[int] = frozenset()) -> tuple[list, list, list]:
-    """(biases, decayed weights, undecayed weights) of every parameter in the model, each once; the
-    undecayed are the normalization-layer weights and the parameters whose id() is in ``undecayed``."""
+def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
+    """(biases, decayed weights, normalization weights) of every parameter in the model, each once."""
     biases, weights, norm_weights = [], [], []
     for module in model.modules():
         for name, parameter in module.named_parameters(recurse=False):
             if name == "bias":
                 biases.append(parameter)
-            elif isinstance(module, NORM_LAYERS) or id(parameter) in undecayed:
+            elif isinstance(module, NORM_LAYERS):
                 norm_weights.append(parameter)
             else:
                 weights.append(parameter)
     return biases, weights, norm_weights
 
 
-def equivalent_kernel_penalty(
-    model: nn.Module,
-) -> tuple[set[int], Callable[[], tuple[list, torch.Tensor]]] | None:
-    """For RepVGG's custom L2 (hyp rep_l2): the ids of the branch kernels whose plain weight decay it
-    replaces, and a function giving (those kernels, the summed L2 penalty of the blocks' equivalent
-    kernels). None when no block of the model defines one."""
-    blocks = [m for m in model.modules() if hasattr(m, "equivalent_kernel_l2") and m.equivalent_kernel_l2()]
-    if not blocks:
-        return None
-    parameters = [parameter for block in blocks for parameter in block.equivalent_kernel_l2()[0]]
-
-    def penalty() -> tuple[list[nn.Parameter], torch.Tensor]:
-        return parameters, sum(block.equivalent_kernel_l2()[1] for block in blocks)
-
-    return {id(parameter) for parameter in parameters}, penalty
-
-
 def build_optimizer(
-    model: nn.Module,
-    name: str = "SGD",
-    lr: float = 0.01,
-    momentum: float = 0.937,
-    weight_decay: float = 5e-4,
-    undecayed: set[int] = frozenset(),
+    model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937, weight_decay: float = 5e-4
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, or AdamW (beta1 = momentum); weight decay only on group 1, which
-    leaves out the parameters whose id() is in ``undecayed`` (their decay comes from a penalty)."""
-    biases, weights, norm_weights = parameter_groups(model, undecayed)
+    """SGD with Nesterov momentum, or AdamW (beta1 = momentum); weight decay only on group 1."""
+    biases, weights, norm_weights = parameter_groups(model)
     if name == "SGD":
         optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
     elif name == "AdamW":

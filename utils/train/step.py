@@ -3,8 +3,6 @@ momentum warmup, the per-epoch schedule, AMP loss scaling, gradient clipping and
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -24,9 +22,6 @@ class OptimizerStep:
     accumulation continue seamlessly after a resume (pass the resumed ``last_step``).
     loss_scale: multiplies the loss before backward; DDP averages gradients over ranks, so a
     distributed run passes its world size to keep the per-image scale.
-    penalty: a function giving (parameters, a penalty) whose gradient, times ``penalty_decay`` / 2, is
-    added to those parameters' gradients at each optimizer step (the equivalent-kernel weight decay of
-    hyp rep_l2).
     """
 
     def __init__(
@@ -42,8 +37,6 @@ class OptimizerStep:
         amp: bool = False,
         last_step: int = -1,
         loss_scale: float = 1.0,
-        penalty: Callable[[], tuple[list, torch.Tensor]] | None = None,
-        penalty_decay: float = 0.0,
     ):
         self.model, self.optimizer, self.schedule, self.hyp, self.ema = model, optimizer, schedule, hyp, ema
         self.accumulate, self.warmup, self.last_step, self.loss_scale = (
@@ -56,7 +49,6 @@ class OptimizerStep:
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=amp)
         self.adamw = isinstance(optimizer, torch.optim.AdamW)
         self.lr_factor = schedule.factor(schedule.last_epoch)
-        self.penalty, self.penalty_decay = penalty, penalty_decay
 
     def set_epoch(self, epoch: int) -> None:
         self.schedule.set_epoch(epoch)
@@ -87,13 +79,6 @@ class OptimizerStep:
         if iteration - self.last_step < step_every:
             return False
         self.scaler.unscale_(self.optimizer)
-        if self.penalty is not None:  # weight decay as the gradient of 0.5 * decay * penalty, once per step
-            # autograd.grad, not backward: DDP's gradient hooks must fire once per step, for the loss
-            parameters, value = self.penalty()
-            for parameter, grad in zip(parameters, torch.autograd.grad(value, parameters)):
-                parameter.grad = grad * (0.5 * self.penalty_decay) + (
-                    parameter.grad if parameter.grad is not None else 0
-                )
         nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=GRAD_CLIP_NORM)
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -46,7 +46,6 @@ from utils.train.optim import (
     EpochSchedule,
     accumulation_steps,
     build_optimizer,
-    equivalent_kernel_penalty,
     scaled_weight_decay,
     warmup_iterations,
 )
@@ -246,11 +245,7 @@ class Trainer:
             f"(towards a nominal batch of 64, capped so each epoch of {self.batches} batches keeps at least "
             f"{MIN_STEPS_PER_EPOCH} steps); weight_decay scaled to {weight_decay:.3g}."
         )
-        penalty = equivalent_kernel_penalty(self.model) if hyp.rep_l2 else None
-        undecayed, penalty_fn = penalty if penalty is not None else (set(), None)
-        optimizer = build_optimizer(
-            self.model, options.optimizer, hyp.lr0, hyp.momentum, weight_decay, undecayed
-        )
+        optimizer = build_optimizer(self.model, options.optimizer, hyp.lr0, hyp.momentum, weight_decay)
         schedule = EpochSchedule(optimizer, options.epochs, hyp.lrf, options.cos_lr)
         ema = ModelEMA(self.model) if self.context.is_main else None
         self.start_epoch, self.best_fitness = 0, 0.0
@@ -280,7 +275,7 @@ class Trainer:
             self.model, optimizer, schedule, hyp, accumulate=accumulate,
             warmup=warmup_iterations(hyp, self.batches, options.epochs), ema=ema,
             amp=self.device.type == "cuda", last_step=self.start_epoch * self.batches - 1,
-            loss_scale=self.context.world_size, penalty=penalty_fn, penalty_decay=weight_decay,
+            loss_scale=self.context.world_size,
         )  # fmt: skip
 
     def train(self, stop_after_epochs: int | None = None) -> dict:
