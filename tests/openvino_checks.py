@@ -22,7 +22,7 @@ import val
 from tests.helpers import NAMES, write_images, write_tiny_checkpoint
 from utils.deploy.backend import load_inference_model
 from utils.deploy.partial_quantization import float_convolutions, quantize_openvino_bounded
-from utils.deploy.quantize import calibration_batches, decode_tail_nodes
+from utils.deploy.quantize import calibration_batches, consumers_of, decode_tail_nodes
 from utils.errors import DataError, WeightsError
 from utils.paths import ROOT
 
@@ -78,10 +78,7 @@ def test_the_head_stays_float_in_both_int8_graphs(exported):
     assert sum(name.endswith("/Conv") for name in tail) == 3  # the Detect layer's three 1x1 convs
     quantized = onnx.load(str(root / "best_fused_int8.onnx"))
     producers = {output: node for node in quantized.graph.node for output in node.output}
-    consumers: dict[str, list] = {}
-    for node in quantized.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(quantized.graph)
     for node in quantized.graph.node:
         if node.name not in tail:
             continue

@@ -177,22 +177,15 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
                 "export the checkpoint with convert.py --openvino."
             )
         metadata = load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
-        # f32: the CPU plugin may otherwise run in bf16 where the processor has it, off by ~1e-3 from PyTorch
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         try:
             core = ov.Core()
-            model = core.read_model(str(xml))
-            self.compiled = core.compile_model(model, "CPU", config)
+            compiled = core.compile_model(core.read_model(str(xml)), "CPU", openvino_cpu_config(threads))
         except Exception as error:  # OpenVINO raises RuntimeError for unreadable IR
             LOGGER.debug("OpenVINO could not load %s: %s", xml, error)
             raise WeightsError(
                 f"{xml} is corrupt or not an OpenVINO IR; re-export it with convert.py."
             ) from None
-        shape = [dim.get_length() if dim.is_static else None for dim in model.inputs[0].get_partial_shape()]
-        super().__init__(xml, metadata, device, shape)
-        self.request = self.compiled.create_infer_request()
+        self._attach(compiled, metadata, device, xml)
 
     @classmethod
     def from_compiled(
@@ -201,15 +194,27 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         """Wrap an already compiled OpenVINO model (NNCF's accuracy control hands out such models) with
         the export ``metadata`` (names, stride) of the IR it came from; ``name`` stands for its path."""
         self = cls.__new__(cls)
+        self._attach(compiled, metadata, device, Path(name))
+        return self
+
+    def _attach(self, compiled, metadata: dict, device: torch.device, path: Path) -> None:
         dims = compiled.inputs[0].get_partial_shape()
         shape = [dim.get_length() if dim.is_static else None for dim in dims]
-        ArrayInferenceModel.__init__(self, Path(name), metadata, device, shape)
+        super().__init__(path, metadata, device, shape)
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        return self
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
         return self.request.infer({0: array})[self.compiled.output(0)].copy()
+
+
+def openvino_cpu_config(threads: int = 0) -> dict:
+    """OpenVINO CPU compile settings: f32 precision (the CPU plugin may otherwise run in bf16 where the
+    processor has it, off by ~1e-3 from PyTorch) and ``threads`` inference threads (0: its default)."""
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
 
 
 def openvino_xml(path: Path) -> Path:

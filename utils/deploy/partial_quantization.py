@@ -24,9 +24,15 @@ import numpy as np
 import onnx
 import torch
 
-from utils.deploy.backend import InferenceModel, OnnxInferenceModel, OpenVINOInferenceModel
+from utils.deploy.backend import (
+    InferenceModel,
+    OnnxInferenceModel,
+    OpenVINOInferenceModel,
+    openvino_cpu_config,
+)
 from utils.deploy.quantize import (
     calibration_batches,
+    consumers_of,
     decode_tail_nodes,
     openvino_names,
     quantize_onnx,
@@ -155,10 +161,7 @@ def conv_layers(model: onnx.ModelProto) -> dict[str, list[str]]:
     follows it (SiLU is a Sigmoid and a Mul of the conv's output), which stay float together."""
     graph = model.graph
     tail = set(decode_tail_nodes(model))
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = consumers_of(graph)
     layers = {}
     for node in graph.node:
         if node.op_type != "Conv" or node.name in tail:
@@ -226,8 +229,8 @@ def quantize_onnx_bounded(
                 else:
                     low = middle
             count = high
+        final = score_keeping(count)  # the graph written next, scored once in the search (or now)
         onnx.save(keeping(ranking[:count]), str(int8_path))
-    final = score(OnnxInferenceModel(int8_path, device), batches)
     return BoundedResult("ONNX Runtime", max_drop, float_score, final, ranking[:count], all_layers)
 
 
@@ -273,7 +276,7 @@ def quantize_openvino_bounded(
     core = ov.Core()
 
     def score_ir(xml: Path) -> float:
-        compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(core.read_model(str(xml)), "CPU", openvino_cpu_config())
         return score(OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(xml)), batches)
 
     float_score = score_ir(fp32_xml)

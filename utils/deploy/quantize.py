@@ -28,14 +28,20 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 128
 
 
-def decode_tail_nodes(onnx_model: onnx.ModelProto) -> list[str]:
-    """Names of the head's last convolutions and of every node after them: the nodes from which no
-    path leads to another Conv."""
-    graph = onnx_model.graph
+def consumers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """{tensor name: the nodes that read it}."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def decode_tail_nodes(onnx_model: onnx.ModelProto) -> list[str]:
+    """Names of the head's last convolutions and of every node after them: the nodes from which no
+    path leads to another Conv."""
+    graph = onnx_model.graph
+    consumers = consumers_of(graph)
     feeds_conv: dict[str, bool] = {}
     for node in reversed(graph.node):  # nodes are topologically sorted: children come first here
         feeds_conv[node.name] = any(
