@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["ram", "disk"],
         help="cache decoded images in RAM, or on disk as .npy files beside the images",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="passes over the training set per epoch (default 0: enough for 16 batches; 1: one pass)",
+    )
     parser.add_argument("--optimizer", default="SGD", choices=["SGD", "AdamW"])
     parser.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default: linear)")
     parser.add_argument(

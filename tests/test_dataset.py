@@ -4,6 +4,7 @@ pipeline end to end (boxes stay on their objects) and the DataLoader batch forma
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -14,10 +15,12 @@ import torch
 from tests.helpers import color_mask, draw_rectangles, iou, mask_box
 from utils.boxes import box_normxywh_to_xyxy, scale_boxes_to_original
 from utils.data.config import image_files_from_sources, load_data_config
-from utils.data.dataset import LoadedDataset, create_dataloader
+from utils.data.dataset import LoadedDataset, create_dataloader, epoch_repeats
 from utils.data.labels import CACHE_VERSION, label_file_for
+from utils.errors import ConfigError
 from utils.hyp import Hyp
 from utils.plots import plot_batch, plot_labels
+from utils.train.options import TrainOptions
 
 
 def write_sample(root, name, height, width, boxes, split="train", first_class=0, suffix=".png"):
@@ -217,6 +220,19 @@ def test_dataloader_with_a_worker_and_ram_cache(rect_dataset, tmp_path):
     plot_labels(dataset.labels, [f"c{i}" for i in range(12)], tmp_path / "labels.jpg")
     assert cv2.imread(str(tmp_path / "train_batch0.jpg")).shape[0] > 64
     assert (tmp_path / "labels.jpg").stat().st_size > 10_000
+
+
+def test_a_tiny_training_set_is_passed_over_several_times_per_epoch(rect_dataset):
+    assert epoch_repeats(64, 16) == 4  # 4 batches -> 16
+    assert epoch_repeats(400, 16) == epoch_repeats(600, 16) == 1  # shapes-hard, the bundled dataset
+    common = dict(hyp=Hyp(mosaic=0.0), augment=True, shuffle=True)
+    once, _ = create_dataloader(rect_dataset / "images/train", 64, 2, workers=0, repeat=1, **common)
+    auto, dataset = create_dataloader(rect_dataset / "images/train", 64, 2, workers=1, repeat=0, **common)
+    assert len(once) == 3 and len(auto) == 18  # 6 images at batch 2, passed over 6 times for 16+ batches
+    seen = Counter(path for _, _, paths, _ in auto for path in paths)
+    assert sorted(seen) == sorted(str(f) for f in dataset.image_files) and set(seen.values()) == {6}
+    with pytest.raises(ConfigError, match="repeat is -1; it must be a whole number"):
+        TrainOptions(repeat=-1).check()
 
 
 def test_collate_pads_mixed_sizes():

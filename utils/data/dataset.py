@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
 from utils.data import augment, disk_cache, preprocess
@@ -24,6 +24,7 @@ from utils.errors import DataError
 from utils.hyp import Hyp
 
 LOGGER = logging.getLogger(__name__)
+MIN_EPOCH_BATCHES = 16  # a smaller training set is passed over several times per epoch (repeat=0)
 
 
 class LoadedDataset(Dataset):
@@ -271,7 +272,15 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
 def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)  # workers are the parallelism; cv2's own threads would oversubscribe the cores
     info = torch.utils.data.get_worker_info()
-    info.dataset.rng = np.random.default_rng(info.seed % 2**63)
+    getattr(info.dataset, "dataset", info.dataset).rng = np.random.default_rng(info.seed % 2**63)
+
+
+def epoch_repeats(images: int, batch_size: int) -> int:
+    """Passes over a training set of `images` per epoch so that an epoch has at least MIN_EPOCH_BATCHES
+    batches of `batch_size` (all processes together). A tiny set (64 images at batch 16: 4 batches)
+    otherwise gets so few optimizer steps in a run that it barely leaves the initialization; see the
+    README's accuracy study. A set of MIN_EPOCH_BATCHES batches or more is passed over once."""
+    return max(1, math.ceil(MIN_EPOCH_BATCHES * batch_size / max(images, 1)))
 
 
 def create_dataloader(
@@ -291,9 +300,12 @@ def create_dataloader(
     seed: int = 0,
     prefix: str = "",
     nc: int | None = None,
+    repeat: int = 1,
 ) -> tuple[DataLoader, LoadedDataset]:
     """Build the dataset and its DataLoader (one batch: see collate). Under DDP (rank >= 0, world_size
-    processes) a DistributedSampler splits the data; call loader.sampler.set_epoch(epoch) each epoch."""
+    processes) a DistributedSampler splits the data; call loader.sampler.set_epoch(epoch) each epoch.
+    repeat: passes over the dataset per epoch (each pass in its own order); 0 picks enough passes for
+    MIN_EPOCH_BATCHES batches (see epoch_repeats)."""
     if rect and shuffle:
         LOGGER.warning(f"{prefix}rect batches need a fixed order; shuffle turned off.")
         shuffle = False
@@ -315,11 +327,19 @@ def create_dataloader(
     batch_size = min(batch_size, len(dataset))
     world_size = world_size if rank >= 0 else 1
     workers = max(0, min(workers, (os.cpu_count() or 1) // world_size, math.ceil(len(dataset) / batch_size)))
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if rank >= 0 else None
+    if repeat == 0:
+        repeat = epoch_repeats(len(dataset), batch_size * world_size)
+        if repeat > 1:
+            LOGGER.info(
+                f"{prefix}{len(dataset)} images are passed over {repeat} times per epoch, so that an epoch "
+                f"has at least {MIN_EPOCH_BATCHES} batches (repeat=1 makes an epoch one pass)."
+            )
+    epoch_set = dataset if repeat <= 1 else Subset(dataset, list(range(len(dataset))) * repeat)
+    sampler = DistributedSampler(epoch_set, shuffle=shuffle, seed=seed) if rank >= 0 else None
     generator = torch.Generator()
     generator.manual_seed(seed * 1000 + max(rank, 0))
     loader = DataLoader(
-        dataset,
+        epoch_set,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,

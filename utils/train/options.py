@@ -40,6 +40,7 @@ class TrainOptions:
     exist_ok: bool = False
     seed: int = 0
     cache: str | None = None
+    repeat: int = 0  # passes over the training set per epoch (0: enough for 16 batches, see epoch_repeats)
     optimizer: str = "SGD"
     cos_lr: bool = False
     patience: int = 100
@@ -79,6 +80,10 @@ class TrainOptions:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} is {value!r}; it must be a whole number of at least 1.")
+        if not isinstance(self.repeat, int) or self.repeat < 0:
+            raise ConfigError(
+                f"repeat is {self.repeat!r}; it must be a whole number: passes per epoch, or 0 for automatic."
+            )
         if self.optimizer not in ("SGD", "AdamW"):
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; use 'SGD' or 'AdamW'.")
 

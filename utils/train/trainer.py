@@ -216,7 +216,8 @@ class Trainer:
         common = dict(workers=options.workers, cache=options.cache, nc=self.data["nc"])
         self.train_loader, self.train_set = create_dataloader(
             self.data["train"], self.img_size, per_rank_batch, stride, self.hyp, augment=True, shuffle=True,
-            rank=context.rank, world_size=context.world_size, seed=options.seed, prefix="train: ", **common,
+            rank=context.rank, world_size=context.world_size, seed=options.seed, prefix="train: ",
+            repeat=options.repeat, **common,
         )  # fmt: skip
         self.val_loader = None
         if context.is_main:
