@@ -154,6 +154,7 @@ class Budget:
     hyp: str | None = None
     device: str = ""
     workers: int = 2
+    repeat: int = 0  # passes over the training set per epoch (0: automatic)
 
     def options(self, variant: Variant, seed: int, project: str) -> TrainOptions:
         values = dict(vars(self), cfg=variant.cfg, seed=seed, project=project, name=variant.run_name(seed))
@@ -167,7 +168,9 @@ def _check_same_run(folder: Path, options: TrainOptions, data_config: dict) -> N
         return
     stored = yaml.safe_load((folder / "opt.yaml").read_text()) or {}
     wanted = options.resolve(data_config).to_dict()
-    changed = [key for key in wanted if key not in NOT_COMPARED and stored.get(key) != wanted[key]]
+    defaults = TrainOptions().to_dict()  # an option newer than the stored run had its default there
+    stored = {key: stored.get(key, defaults[key]) for key in wanted}
+    changed = [key for key in wanted if key not in NOT_COMPARED and stored[key] != wanted[key]]
     if changed:
         key = changed[0]
         raise ConfigError(
@@ -318,6 +321,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers per run")
     parser.add_argument("--device", default="", help="cpu, 0 (empty: first GPU if any)")
+    parser.add_argument("--repeat", type=int, default=0, help="passes over the train set per epoch (0: auto)")
     return parser.parse_args(argv)
 
 

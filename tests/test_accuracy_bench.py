@@ -97,7 +97,8 @@ def _run_record(summary):
 def test_same_seed_reproduces_a_run_and_another_seed_changes_it(tiny):
     root, data_yaml, model_yaml = tiny
     common = dict(cfg=str(model_yaml), data=str(data_yaml), epochs=2, img_size=64, batch_size=4, device="cpu",
-                  workers=2, project=str(root / "seeds"), plots=False, tensorboard=False)  # fmt: skip
+                  workers=2, project=str(root / "seeds"), plots=False, tensorboard=False,
+                  repeat=1)  # fmt: skip
     rows_a, weights_a = _run_record(train.run(seed=0, name="a", **common))  # augmenting in worker processes
     rows_b, weights_b = _run_record(train.run(seed=0, name="b", **common))
     assert rows_a == rows_b and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
@@ -108,7 +109,7 @@ def test_same_seed_reproduces_a_run_and_another_seed_changes_it(tiny):
 def test_study_end_to_end_writes_the_json_and_resumes(tiny, capsys):
     root, data_yaml, model_yaml = tiny
     models = [str(model_yaml), f"{model_yaml}:optimizer=AdamW"]
-    budget = Budget(data=str(data_yaml), epochs=1, img_size=64, batch_size=4, device="cpu", workers=0)
+    budget = Budget(str(data_yaml), epochs=1, img_size=64, batch_size=4, device="cpu", workers=0, repeat=1)
     project, json_path = str(root / "study"), root / "study.json"
     interrupted = budget.options(Variant.parse(models[1]), 1, project)
     train.run(interrupted, stop_after_epochs=1)  # as if killed before its end-of-run step

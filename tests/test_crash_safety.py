@@ -67,7 +67,7 @@ def test_killed_at_every_write_point_resumes_to_the_same_run(tmp_path):
     for split in ("train", "val"):  # the label caches exist before any counted run
         scan_files(image_files_from_sources(data[split]))
     common = dict(cfg=str(model_yaml), data=str(data_yaml), img_size=64, batch_size=2, epochs=EPOCHS,
-                  device="cpu", workers=0, plots=False, tensorboard=False,  # event logs only append
+                  device="cpu", workers=0, plots=False, tensorboard=False, repeat=1,  # event logs only append
                   project=str(tmp_path / "runs"))  # fmt: skip
     count_file = tmp_path / "points.txt"
     assert run_forked({**common, "name": "reference"}, count_file=str(count_file)) == 0

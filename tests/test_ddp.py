@@ -38,6 +38,8 @@ def test_torchrun_two_processes_on_cpu_complete_one_epoch(tmp_path):
         "--project",
         str(tmp_path / "runs"),
         "--sync-bn",
+        "--repeat",
+        "1",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

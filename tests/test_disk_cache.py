@@ -113,7 +113,8 @@ def test_training_with_the_disk_cache_gives_the_same_labels_rows_and_map(tmp_pat
     torch.set_num_threads(1)
     data_yaml, model_yaml = make_tiny_dataset(tmp_path, train_images=4, val_images=2)
     common = dict(cfg=str(model_yaml), data=str(data_yaml), epochs=1, batch_size=4, img_size=IMG_SIZE,
-                  device="cpu", workers=0, project=str(tmp_path / "runs"), tensorboard=False)  # fmt: skip
+                  device="cpu", workers=0, project=str(tmp_path / "runs"), tensorboard=False,
+                  repeat=1)  # fmt: skip
     plain = train.run(name="plain", **common)
     cached = train.run(name="cached", cache="disk", **common)
     assert train.parse_args(["--cache", "disk"]).cache == "disk"

@@ -37,7 +37,7 @@ def one_sentence(capsys, exit_info, *expected: str) -> str:
 
 def test_train_user_errors_are_one_sentence(tiny, capsys):
     root, data_yaml, model_yaml, corrupt, foreign = tiny
-    common = ["--project", str(root / "runs"), "--img", "64", "--epochs", "1"]
+    common = ["--project", str(root / "runs"), "--img", "64", "--epochs", "1", "--repeat", "1"]
     cases = [
         (
             ["--cfg", str(model_yaml), "--data", str(root / "missing.yaml")],

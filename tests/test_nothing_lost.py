@@ -39,7 +39,7 @@ def finished_run(tmp_path_factory):
     data_yaml, model_yaml = make_tiny_dataset(root, train_images=4, val_images=2)
     options = dict(cfg=str(model_yaml), data=str(data_yaml), img_size=64, batch_size=2, epochs=2,
                    device="cpu", workers=0, plots=False, tensorboard=False, project=str(root / "runs"),
-                   name="done")  # fmt: skip
+                   name="done", repeat=1)  # fmt: skip
     result = train.run(**options)
     return result["save_dir"], options
 

@@ -42,7 +42,7 @@ def test_a_run_with_zero_side_branches_trains_them(tmp_path):
     data_yaml, _ = make_tiny_dataset(tmp_path)
     summary = train.run(cfg="repyolov5n.yaml", data=str(data_yaml), epochs=1, img_size=64, batch_size=4,
                         device="cpu", workers=0, project=str(tmp_path), name="g0", plots=False,
-                        tensorboard=False)  # fmt: skip
+                        tensorboard=False, repeat=1)  # fmt: skip
     assert summary["finished"]
     assert yaml.safe_load((tmp_path / "g0" / "hyp.yaml").read_text())["rep_branch_gamma"] == 0.0
     trained = torch.load(tmp_path / "g0" / "weights" / "last.pt", weights_only=True)["model"]

@@ -68,6 +68,7 @@ def trained(tmp_path_factory) -> dict:
         workers=0,
         project=str(root / "runs"),
         name="train",
+        repeat=1,
     )
     best = Path(result["best"])
     report = convert.run(best, img_size=IMG_SIZE, onnx=True, dynamic=True, runs=1)

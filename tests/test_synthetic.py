@@ -146,3 +146,18 @@ def test_hard_dataset_is_deterministic_with_ten_classes_in_its_own_folder(tmp_pa
     assert (labels[:, 3:] * raw["generate"]["img_size"]).max(1).min() < 10  # objects down to a few pixels
     assert json.loads((tmp_path / "a" / MARKER).read_text())["names"] == raw["names"]
     assert class_names(1) == CLASS_NAMES and class_names(2)[5] == "green-circle"
+
+
+def test_the_small_hard_dataset_is_the_first_images_of_the_hard_one(tmp_path):
+    hard = yaml.safe_load((ROOT / "data/shapes-hard.yaml").read_text())
+    small = yaml.safe_load((ROOT / "data/shapes-hard-64.yaml").read_text())
+    assert small["path"] == "shapes-hard-64" and small["generate"]["train_images"] == 64
+    assert {k: v for k, v in small.items() if k not in ("path", "generate")} == {
+        k: v for k, v in hard.items() if k not in ("path", "generate")
+    }
+    assert dict(small["generate"], train_images=400) == hard["generate"]
+    generate_dataset(tmp_path / "few", **dict(hard["generate"], train_images=6, val_images=2))
+    generate_dataset(tmp_path / "more", **dict(hard["generate"], train_images=9, val_images=2))
+    few, more = _contents(tmp_path / "few"), _contents(tmp_path / "more")
+    files = [k for k in few if k.parts[0] in ("images", "labels")]
+    assert len(files) == 16 and all(more[k] == few[k] for k in files)  # the first 6 train, both val

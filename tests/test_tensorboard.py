@@ -19,7 +19,7 @@ def test_a_tiny_run_writes_the_results_columns_and_images(tmp_path):
     torch.set_num_threads(1)
     data_yaml, model_yaml = make_tiny_dataset(tmp_path, train_images=4, val_images=2)
     result = train.run(cfg=str(model_yaml), data=str(data_yaml), epochs=1, batch_size=4, img_size=64,
-                       device="cpu", workers=0, project=str(tmp_path / "runs"))  # fmt: skip
+                       device="cpu", workers=0, project=str(tmp_path / "runs"), repeat=1)  # fmt: skip
     run_dir = result["save_dir"]
     assert list(run_dir.glob("events.out.tfevents.*"))
     events = EventAccumulator(str(run_dir))

@@ -46,7 +46,9 @@ def tiny_setup(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("train")
     data_yaml, model_yaml = make_tiny_dataset(root)
-    common = dict(data=str(data_yaml), img_size=64, batch_size=4, device="cpu", workers=0, project=str(root))
+    common = dict(
+        data=str(data_yaml), img_size=64, batch_size=4, device="cpu", workers=0, project=str(root), repeat=1
+    )
     return model_yaml, common
 
 
