@@ -52,6 +52,7 @@ from bench.blocks import measure_fused
 from utils.checkpoint import load_checkpoint
 from utils.data.config import load_data_config
 from utils.errors import USER_ERRORS, ConfigError
+from utils.hyp import load_hyp
 from utils.log import setup_logging
 from utils.train.options import TrainOptions
 from utils.train.results import ResultsTable
@@ -163,7 +164,8 @@ class Budget:
 
 
 def _check_same_run(folder: Path, options: TrainOptions, data_config: dict) -> None:
-    """The run in folder was started with these options (its opt.yaml holds them resolved)."""
+    """The run in folder was started with these options (its opt.yaml holds them resolved) and these
+    hyperparameters (its hyp.yaml; a key newer than the run is not compared)."""
     if not (folder / "opt.yaml").is_file():
         return
     stored = yaml.safe_load((folder / "opt.yaml").read_text()) or {}
@@ -171,6 +173,10 @@ def _check_same_run(folder: Path, options: TrainOptions, data_config: dict) -> N
     defaults = TrainOptions().to_dict()  # an option newer than the stored run had its default there
     stored = {key: stored.get(key, defaults[key]) for key in wanted}
     changed = [key for key in wanted if key not in NOT_COMPARED and stored[key] != wanted[key]]
+    if not changed and (folder / "hyp.yaml").is_file():  # the hyperparameters the run trained with
+        stored = yaml.safe_load((folder / "hyp.yaml").read_text()) or {}
+        wanted = load_hyp(options.resolve(data_config).hyp).to_dict()
+        changed = [key for key in wanted if key in stored and stored[key] != wanted[key]]
     if changed:
         key = changed[0]
         raise ConfigError(

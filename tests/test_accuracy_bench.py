@@ -4,6 +4,7 @@ on (the same seed reproduces a training run exactly, another seed changes it).""
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,7 @@ def test_study_end_to_end_writes_the_json_and_resumes(tiny, capsys):
     assert [r["mAP50_95"] for r in again["runs"]] == [r["mAP50_95"] for r in written["runs"]]
     with pytest.raises(ConfigError, match="epochs=1 but this study asks for 2"):
         run(models, seeds=1, budget=dataclasses.replace(budget, epochs=2), project=project)
+    stored = Path(written["runs"][0]["save_dir"]) / "hyp.yaml"  # as if the defaults changed since that run
+    stored.write_text(stored.read_text().replace("lr0: 0.01", "lr0: 0.02"))
+    with pytest.raises(ConfigError, match="holds a run with lr0=0.02 but this study asks for 0.01"):
+        run(models, seeds=1, budget=budget, project=project)
