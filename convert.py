@@ -264,7 +264,8 @@ def export_runtimes(
     if not calibration:
         return written, {}
     int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
-    kept = decode_tail_nodes(onnx_lib.load(str(onnx_path)))
+    fp32 = onnx_lib.load(str(onnx_path))
+    kept = decode_tail_nodes(fp32)
     LOGGER.info(
         "INT8: calibrated on %d images; %d nodes of the head (its last convolutions and the box decode "
         "after them) stay float: %s",
@@ -287,7 +288,7 @@ def export_runtimes(
     if openvino:
         int8_dir = openvino_folder(int8_onnx)
         int8_xml = int8_dir / f"{int8_onnx.stem}.xml"
-        metadata = read_metadata(onnx_lib.load(str(int8_onnx)))
+        metadata = read_metadata(fp32)  # the INT8 graph carries the FP32 file's metadata (quantize_onnx)
         if validation is None:
             quantize_openvino(xml, int8_xml, calibration, img_size, kept)
         else:

@@ -168,14 +168,15 @@ def _check_same_run(folder: Path, options: TrainOptions, data_config: dict) -> N
     hyperparameters (its hyp.yaml; a key newer than the run is not compared)."""
     if not (folder / "opt.yaml").is_file():
         return
+    resolved = options.resolve(data_config)
     stored = yaml.safe_load((folder / "opt.yaml").read_text()) or {}
-    wanted = options.resolve(data_config).to_dict()
+    wanted = resolved.to_dict()
     defaults = TrainOptions().to_dict()  # an option newer than the stored run had its default there
     stored = {key: stored.get(key, defaults[key]) for key in wanted}
     changed = [key for key in wanted if key not in NOT_COMPARED and stored[key] != wanted[key]]
     if not changed and (folder / "hyp.yaml").is_file():  # the hyperparameters the run trained with
         stored = yaml.safe_load((folder / "hyp.yaml").read_text()) or {}
-        wanted = load_hyp(options.resolve(data_config).hyp).to_dict()
+        wanted = load_hyp(resolved.hyp).to_dict()
         changed = [key for key in wanted if key in stored and stored[key] != wanted[key]]
     if changed:
         key = changed[0]

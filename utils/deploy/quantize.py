@@ -87,9 +87,10 @@ def calibration_batches(files: list[str], img_size: int) -> Iterator[np.ndarray]
         yield image_to_tensor(image).numpy()[None].astype(np.float32) / 255
 
 
-def quantize_onnx(fp32_path: Path, int8_path: Path, files: list[str], img_size: int) -> list[str]:
+def quantize_onnx(fp32_path: Path, int8_path: Path, files: list[str], img_size: int) -> None:
     """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations
-    calibrated on ``files``; the decode tail stays float. Returns the names of the float nodes."""
+    calibrated on ``files``; the decode tail (decode_tail_nodes) stays float. The INT8 file carries the
+    FP32 file's metadata."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -120,7 +121,6 @@ def quantize_onnx(fp32_path: Path, int8_path: Path, files: list[str], img_size: 
     del quantized.metadata_props[:]
     quantized.metadata_props.extend(model.metadata_props)  # names, stride, input size: as the FP32 file
     onnx.save(quantized, str(int8_path))
-    return kept_float
 
 
 def quantize_openvino(
