@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", required=True, help="training-form checkpoint, e.g. best.pt")
+    parser.add_argument(
+        "--weights", required=True, help="training-form checkpoint, e.g. best.pt (or a yolov5 .pt)"
+    )
     parser.add_argument(
         "--output", default=None, help="fused checkpoint path (default: <stem>_fused.pt beside it)"
     )

@@ -34,7 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", required=True, help=".pt checkpoint (training form or fused) or .onnx")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help=".pt checkpoint (ours, either form, or yolov5's), .onnx or OpenVINO IR",
+    )
     parser.add_argument("--source", default="data/images", help="image, folder, glob, .txt list or video")
     parser.add_argument(
         "--img",

@@ -4,7 +4,8 @@
     results = model(["a.jpg", pil_image, frame_bgr])  # see utils.deploy.detector.Detector
     model = torch.hub.load("path/to/RepYOLO", "repyolov5s", classes=5, source="local")  # untrained
 
-``custom`` loads weights RepYOLO wrote (a training-form or fused .pt, or an .onnx export). The named
+``custom`` loads weights RepYOLO wrote (a training-form or fused .pt, or an .onnx export) or an
+ultralytics/yolov5 .pt. The named
 entries build untrained models, as no pretrained weights are published: with autoshape=True (the
 default) a Detector you can call on images like a loaded one, with autoshape=False the bare
 ``models.yolo.Model`` (an nn.Module taking Tensor[B, 3, H, W] RGB in 0..1) to train or inspect.

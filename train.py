@@ -2,6 +2,7 @@
 
     python train.py --cfg repyolov5s.yaml                      # the bundled dataset, its own defaults
     python train.py --cfg repyolov5s.yaml --data data/coco.yaml --img 640 --epochs 300 --batch-size 64
+    python train.py --cfg repyolov5s.yaml --weights yolov5s.pt --data D   # grow yolov5 weights, fine-tune
     python train.py --resume                                   # continue the latest run
     torchrun --nproc_per_node 2 train.py --cfg repyolov5s.yaml --data D --device 0,1
 
@@ -31,7 +32,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cfg", default="", help="model YAML, e.g. repyolov5s.yaml (bare names: models/)")
     parser.add_argument(
-        "--weights", default="", help="initialize from a training checkpoint (matching shapes)"
+        "--weights",
+        default="",
+        help="start from a checkpoint: ours or an ultralytics/yolov5 .pt such as yolov5s.pt (never "
+        "downloaded); with a re-parameterized --cfg its plain convs grow into the blocks",
     )
     parser.add_argument("--data", default=None, help="dataset YAML (default: the bundled shapes dataset)")
     parser.add_argument("--hyp", default=None, help="hyperparameter YAML (bare names: data/hyps/)")

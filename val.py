@@ -142,7 +142,11 @@ class _Outputs:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="checkpoint .pt (training or fused form) or .onnx")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="checkpoint .pt (ours, either form, or yolov5's), .onnx or OpenVINO IR",
+    )
     parser.add_argument("--data", default=None, help="dataset YAML (default: the bundled synthetic dataset)")
     img_help = "inference size in pixels (default 640, or the bundled dataset's size without --data)"
     parser.add_argument("--img", "--img-size", dest="img_size", type=int, default=None, help=img_help)

@@ -312,6 +312,15 @@ def run(
     return result
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, project: str) -> None:
+    """The flags of where and how a study's runs train (bench.accuracy and bench.finetune)."""
+    parser.add_argument("--json", dest="json_path", default=None, help="write runs and summary to this file")
+    parser.add_argument("--project", default=project, help="where the runs are saved")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers per run")
+    parser.add_argument("--device", default="", help="cpu, 0 (empty: first GPU if any)")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,11 +332,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--img", "--img-size", dest="img_size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--hyp", default=None, help="hyperparameter YAML (bare names: data/hyps/)")
-    parser.add_argument("--json", dest="json_path", default=None, help="write runs and summary to this file")
-    parser.add_argument("--project", default="runs/bench-accuracy", help="where the runs are saved")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--workers", type=int, default=2, help="dataloader workers per run")
-    parser.add_argument("--device", default="", help="cpu, 0 (empty: first GPU if any)")
+    add_run_arguments(parser, "runs/bench-accuracy")
     parser.add_argument("--repeat", type=int, default=0, help="passes over the train set per epoch (0: auto)")
     return parser.parse_args(argv)
 

@@ -62,19 +62,24 @@ def iou(a, b):
 NAMES = ["circle", "square", "triangle"]
 
 
-def tiny_model(seed: int = 0, names: list[str] = NAMES, cfg: str = "repyolov5n.yaml") -> Model:
-    """repyolov5n (or `cfg`) at half width, BN statistics and affines randomized so fusion is not trivial,
-    objectness biased up so a random model still produces boxes above usual thresholds."""
-    torch.manual_seed(seed)
-    config, _ = load_model_yaml(cfg)
-    config = dict(config, width_multiple=0.125, nc=len(names))
-    model = Model(config)
+def randomize_batch_norms(model: nn.Module) -> nn.Module:
+    """BN statistics and affines away from their defaults, so that fusion (or a wrong load) shows."""
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def tiny_model(seed: int = 0, names: list[str] = NAMES, cfg: str = "repyolov5n.yaml") -> Model:
+    """repyolov5n (or `cfg`) at half width, BN statistics and affines randomized so fusion is not trivial,
+    objectness biased up so a random model still produces boxes above usual thresholds."""
+    torch.manual_seed(seed)
+    config, _ = load_model_yaml(cfg)
+    config = dict(config, width_multiple=0.125, nc=len(names))
+    model = randomize_batch_norms(Model(config))
     with torch.no_grad():
         for conv in model.detect.level_convs:
             conv.bias.view(model.detect.na, -1)[:, 4] += 6

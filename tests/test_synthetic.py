@@ -14,6 +14,7 @@ from utils.data.dataset import LoadedDataset
 from utils.data.synthetic import (
     CLASS_NAMES,
     MARKER,
+    SOURCE_CLASS_NAMES,
     Scene,
     class_names,
     ensure_dataset,
@@ -161,3 +162,20 @@ def test_the_small_hard_dataset_is_the_first_images_of_the_hard_one(tmp_path):
     few, more = _contents(tmp_path / "few"), _contents(tmp_path / "more")
     files = [k for k in few if k.parts[0] in ("images", "labels")]
     assert len(files) == 16 and all(more[k] == few[k] for k in files)  # the first 6 train, both val
+
+
+def test_the_pretraining_source_has_other_classes_in_the_same_world(tmp_path):
+    source = yaml.safe_load((ROOT / "data/shapes-source.yaml").read_text())
+    hard = yaml.safe_load((ROOT / "data/shapes-hard.yaml").read_text())
+    assert source["names"] == class_names(1, shape_set=1) == SOURCE_CLASS_NAMES
+    assert not set(source["names"]) & set(hard["names"]) and source["nc"] != hard["nc"]
+    same_world = ("img_size", "max_objects", "min_object_size", "max_object_fraction", "max_occlusion")
+    assert all(source["generate"][key] == hard["generate"][key] for key in same_world)
+    params = dict(source["generate"], train_images=6, val_images=2)
+    generate_dataset(tmp_path / "a", **params)
+    generate_dataset(tmp_path / "b", **params)
+    a, b = _contents(tmp_path / "a"), _contents(tmp_path / "b")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    generate_dataset(tmp_path / "target", **dict(params, shape_set=0))  # the same draws, other shapes
+    image = Path("images/train/train_00001.jpg")
+    assert a[image] != _contents(tmp_path / "target")[image]

@@ -4,7 +4,9 @@ A checkpoint dict holds "model" (state dict to infer with), "model_yaml" (dict),
 "deploy", "epoch" (-1 when final), "best_fitness", "date", "version", and for training runs
 "hyp", "opt", "data", "results", plus what a resume needs until the run finishes: "raw_model",
 "optimizer", "ema_updates" and "finishing" (the epochs are done; only the end-of-run step remains).
-``make_checkpoint`` is the one builder; the trainer and convert.py add keys.
+``make_checkpoint`` is the one builder; the trainer and convert.py add keys. An ultralytics/yolov5
+checkpoint is read as one of ours (utils/yolov5_checkpoint.py: no code in it runs), with "bn_eps" and
+"source_format" added.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import torch
 from torch import nn
 
 from models.errors import ModelConfigError
+from models.grow import TransferReport, transfer_weights
 from utils import __version__
 from utils.errors import CheckpointError
 from utils.paths import atomic_open
+from utils.yolov5_checkpoint import is_yolov5_checkpoint, missing_weights_message, read_pickle, to_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "model_yaml", "deploy")
@@ -40,24 +44,23 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load(weights_only=True) onto the CPU, with one-sentence CheckpointError messages for
-    unusable files."""
+    unusable files; an ultralytics/yolov5 checkpoint comes back converted to our format."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found; check the path (or train one with train.py)")
+        raise CheckpointError(missing_weights_message(path))
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "unsupported global" in str(error).lower():  # a pickled class, e.g. a whole nn.Module
-            raise CheckpointError(
-                f"{path} holds Python objects, not plain data (e.g. an ultralytics/yolov5 .pt); "
-                "use a RepYOLO checkpoint written by train.py or convert.py"
-            ) from None
+        ckpt = read_pickle(path)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError:
         raise CheckpointError(f"{path} is corrupt or not a PyTorch file; re-download or re-save it") from None
     except Exception as error:  # torch.load raises many types (struct.error, zip errors, ...)
         LOGGER.debug("torch.load(%s) failed: %s", path, error)
         raise CheckpointError(
             f"{path} is corrupt, truncated or not a PyTorch file; re-download or re-save it"
         ) from None
+    if is_yolov5_checkpoint(ckpt):
+        return to_checkpoint(ckpt, path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a RepYOLO checkpoint (not a dict); use one written by train.py")
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
@@ -136,6 +139,10 @@ def model_from_checkpoint(
             f"({problems}); its 'deploy' flag or model_yaml is wrong: re-save it with train.py or convert.py"
         )
     model.load_state_dict(weights, strict=True)
+    if "bn_eps" in ckpt:  # a yolov5 checkpoint's BatchNorm eps (outside the state dict)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps = float(ckpt["bn_eps"])
     if ckpt.get("names"):
         model.names = [str(name) for name in ckpt["names"]]
     return model
@@ -158,8 +165,46 @@ def _state_dict_problems(expected: dict[str, torch.Tensor], given: dict[str, tor
     )
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(Model in eval mode, float32, on `device`; the checkpoint dict) from a checkpoint file."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", cfg: str | Path | dict | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(Model in eval mode, float32, on `device`; the checkpoint dict) from a checkpoint file: ours or an
+    ultralytics/yolov5 one. With `cfg` (e.g. "repyolov5s-dbb.yaml") the checkpoint's weights are moved
+    into that graph instead, plain convs grown into its re-parameterized blocks (see grow_from_checkpoint)."""
     ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt, source=str(path))
+    if cfg is None:
+        model = model_from_checkpoint(ckpt, source=str(path))
+    else:
+        model, _ = grow_from_checkpoint(ckpt, cfg, int(ckpt["nc"]), source=str(path))
     return model.float().eval().to(device), ckpt
+
+
+MIN_TRANSFER_FRACTION = 0.5  # below this share of the weights' values used, a transfer is a mismatch
+
+
+def grow_from_checkpoint(
+    ckpt: dict[str, Any], cfg: str | Path | dict | None, nc: int, source: str = "checkpoint"
+) -> tuple[nn.Module, TransferReport]:
+    """(a training-form Model of `cfg` (None: the checkpoint's own graph) for nc classes, initialized from
+    the checkpoint; the report). Layers of the same class and shapes load as they are, plain convs grow
+    into re-parameterized blocks with the function unchanged, the rest (e.g. Detect for another nc) keeps
+    its fresh initialization. With a cfg its anchors are kept. CheckpointError for a fused checkpoint or
+    one whose weights fit less than half of the model (a wrong cfg for the weights)."""
+    from models.yolo import Model
+
+    if ckpt.get("deploy"):
+        raise CheckpointError(
+            f"{source} is a fused (deploy) checkpoint, which cannot be trained; start from the "
+            "training-form checkpoint instead (e.g. best.pt, not best_fused.pt)."
+        )
+    trained = model_from_checkpoint(ckpt, source=source)
+    model = Model(cfg or ckpt["model_yaml"], nc=nc)
+    report = transfer_weights(trained, model, skip_suffixes=(".anchors",) if cfg else ())
+    if report.fraction < MIN_TRANSFER_FRACTION:
+        target = model.yaml.get("yaml_file", "the model config") if cfg else "its own config"
+        raise CheckpointError(
+            f"{source} fits {target} badly: only {report.fraction:.0%} of its weights found a place "
+            f"({report.mismatches[0] if report.mismatches else 'nothing matched'}); give the cfg of the "
+            "same size and family as the weights (e.g. repyolov5s.yaml for yolov5s.pt), or no cfg"
+        )
+    return model, report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from models.blocks.acb import ACBlock
 from models.blocks.base import Block, BuildContext, make_divisible
-from models.blocks.common import C3, SPPF, Bottleneck, Concat, Conv, Upsample, make_activation
+from models.blocks.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus, Upsample, make_activation
 from models.blocks.dbb import DiverseBranchBlock
 from models.blocks.mobileone import MobileOneBlock
 from models.blocks.orepa import OREPABlock
@@ -17,6 +17,8 @@ BLOCKS: dict[str, type] = {
     "Bottleneck": Bottleneck,
     "C3": C3,
     "SPPF": SPPF,
+    "SPP": SPP,
+    "Focus": Focus,
     "Concat": Concat,
     "Upsample": Upsample,
     "RepVGGBlock": RepVGGBlock,
@@ -58,7 +60,9 @@ __all__ = [
     "Block",
     "BuildContext",
     "C3",
+    "SPP",
     "SPPF",
+    "Focus",
     "Bottleneck",
     "Concat",
     "Conv",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from models.blocks.repvgg import ReparamBlock, conv_bn, fuse_branch
+from models.blocks.repvgg import ReparamBlock, conv_bn, copy_conv_bn, fuse_branch, silence_batch_norm
 from models.reparam import KernelBias, sum_branches
 
 
@@ -24,6 +24,11 @@ class ACBlock(ReparamBlock):
 
     def forward_branches(self, x: Tensor) -> Tensor:
         return self.branch_kxk(x) + self.branch_1xk(x) + self.branch_kx1(x)
+
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        copy_conv_bn(self.branch_kxk, plain)
+        silence_batch_norm(self.branch_1xk.bn)
+        silence_batch_norm(self.branch_kx1.bn)
 
     def fused_kernel_bias(self) -> KernelBias:
         branches = (self.branch_kxk, self.branch_1xk, self.branch_kx1)

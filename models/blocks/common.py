@@ -1,4 +1,5 @@
-"""The plain YOLOv5 (v6+) blocks: Conv, Bottleneck, C3, SPPF, Concat, Upsample."""
+"""The plain YOLOv5 blocks: Conv, Bottleneck, C3, SPPF, Concat, Upsample (v6.0 and later), and Focus and
+SPP, the stem and pooling of releases v4.0 and v5.0 (so that their checkpoints load)."""
 
 from __future__ import annotations
 
@@ -205,6 +206,68 @@ class SPPF(Block):
     @classmethod
     def example_configs(cls) -> list[dict[str, Any]]:
         return [{"in_channels": 8, "out_channels": 6, "kernel_size": 5}]
+
+
+class SPP(Block):
+    """Spatial pyramid pooling (yolov5 v5.0 and older): parallel stride-1 max pools of several sizes,
+    concatenated with their input. YAML args: [out_channels, kernel_sizes=(5, 9, 13)]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_sizes: tuple[int, ...] = (5, 9, 13),
+        activation: str | None = "SiLU",
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden = in_channels // 2
+        self.conv_in = Conv(in_channels, hidden, 1, 1, activation=activation, deploy=deploy)
+        self.conv_out = Conv(
+            hidden * (len(kernel_sizes) + 1), out_channels, 1, 1, activation=activation, deploy=deploy
+        )
+        self.pools = nn.ModuleList(nn.MaxPool2d(size, stride=1, padding=size // 2) for size in kernel_sizes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_in(x)
+        return self.conv_out(torch.cat([x, *(pool(x) for pool in self.pools)], 1))
+
+    @classmethod
+    def example_configs(cls) -> list[dict[str, Any]]:
+        return [{"in_channels": 8, "out_channels": 6, "kernel_sizes": (3, 5)}]
+
+
+class Focus(Block):
+    """Space to depth, then a Conv (the stem of yolov5 v5.0 and older): each 2x2 pixel block becomes four
+    channels, in the order (even row, even column), (odd, even), (even, odd), (odd, odd).
+    YAML args: [out_channels, kernel_size=1, stride=1, padding=None, groups=1]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        activation: str | None = "SiLU",
+        deploy: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv = Conv(
+            in_channels * 4,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            groups,
+            activation=activation,
+            deploy=deploy,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        quarters = (x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2])
+        return self.conv(torch.cat(quarters, 1))  # (B, 4C, H/2, W/2); H and W even, as in a model
 
 
 class Concat(Block):

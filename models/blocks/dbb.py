@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks.common import batch_norm
-from models.blocks.repvgg import ReparamBlock, conv_bn, fuse_branch
+from models.blocks.repvgg import ReparamBlock, conv_bn, copy_conv_bn, fuse_branch, silence_batch_norm
 from models.reparam import (
     KernelBias,
     average_pool_kernel,
@@ -77,6 +77,12 @@ class DiverseBranchBlock(ReparamBlock):
 
     def forward_branches(self, x: Tensor) -> Tensor:
         return self.branch_kxk(x) + self.branch_1x1(x) + self.branch_1x1_kxk(x) + self.branch_1x1_avg(x)
+
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        """The three other branches end in a BN of their own: silenced, each adds zero whatever it reads."""
+        copy_conv_bn(self.branch_kxk, plain)
+        for branch in (self.branch_1x1, self.branch_1x1_kxk, self.branch_1x1_avg):
+            silence_batch_norm(branch.bn)
 
     def fused_kernel_bias(self) -> KernelBias:
         k, groups = self.kernel_size, self.groups

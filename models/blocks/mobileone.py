@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from models.blocks.common import batch_norm
-from models.blocks.repvgg import ReparamBlock, conv_bn, fuse_branch
+from models.blocks.repvgg import ReparamBlock, conv_bn, copy_conv_bn, fuse_branch, silence_batch_norm
 from models.reparam import KernelBias, fuse_conv_bn, sum_branches
 
 
@@ -51,6 +51,14 @@ class MobileOneBlock(ReparamBlock):
         if self.branch_identity is not None:
             y = y + self.branch_identity(x)
         return y
+
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        """The first kxk branch takes the plain conv; the other k - 1, the 1x1 and identity start silent."""
+        copy_conv_bn(self.branches_kxk[0], plain)
+        for branch in (*self.branches_kxk[1:], self.branch_1x1):
+            silence_batch_norm(branch.bn)
+        if self.branch_identity is not None:
+            silence_batch_norm(self.branch_identity)
 
     def fused_kernel_bias(self) -> KernelBias:
         branches = [fuse_branch(branch, self.kernel_size) for branch in (*self.branches_kxk, self.branch_1x1)]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks.common import batch_norm
-from models.blocks.repvgg import ReparamBlock
+from models.blocks.repvgg import ReparamBlock, copy_batch_norm
 from models.reparam import (
     KernelBias,
     compose_kernels,
@@ -72,6 +72,15 @@ class OREPABlock(ReparamBlock):
         kernel = self.merged_kernel()
         kernel = kernel.contiguous(memory_format=layout) if layout is not None else kernel
         return self.bn(F.conv2d(x, kernel, None, self.stride, self.padding, 1, self.groups))
+
+    @torch.no_grad()
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        """The kxk kernel is the plain one at scale 1 and the other branches' scales are 0, so the merged
+        kernel is the plain kernel and the one BN the plain BN; the scales' gradients grow the branches."""
+        self.weight_kxk.copy_(plain.conv.weight)
+        self.branch_scales.zero_()
+        self.branch_scales[0].fill_(1.0)
+        copy_batch_norm(self.bn, plain.bn)
 
     def fused_kernel_bias(self) -> KernelBias:
         return fuse_conv_bn(self.merged_kernel(), self.bn)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from models.blocks.common import batch_norm
-from models.blocks.repvgg import ReparamBlock, conv_bn, fuse_branch
+from models.blocks.repvgg import ReparamBlock, conv_bn, copy_batch_norm, fuse_branch
 from models.reparam import KernelBias, fuse_conv_bn, pad_kernel_center, sum_branches
 
 
@@ -28,6 +29,22 @@ class QARepVGGBlock(ReparamBlock):
         if self.has_identity:
             y = y + x
         return self.bn(y)
+
+    @torch.no_grad()
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        """The identity has no parameter to silence, so the kxk kernel gives it back: the kxk branch is
+        the plain kernel minus the identity kernel behind an identity BN (scale 1, shift 0, mean 0,
+        variance 1 - eps), the 1x1 starts at zero, and the block's BN after the sum is the plain BN.
+        The sum is then the plain conv's output in training and eval mode alike."""
+        kernel = plain.conv.weight
+        if self.has_identity:
+            kernel = kernel - self.identity(kernel)
+        self.branch_kxk.conv.weight.copy_(kernel)
+        bn = self.branch_kxk.bn
+        bn.reset_parameters()
+        bn.running_var.fill_(1 - bn.eps)
+        self.branch_1x1.weight.zero_()
+        copy_batch_norm(self.bn, plain.bn)
 
     def fused_kernel_bias(self) -> KernelBias:
         kernel_kxk, bias_kxk = fuse_branch(self.branch_kxk, self.kernel_size)

@@ -2,8 +2,8 @@
 
 ReparamBlock owns what every such block shares (argument checks, the deploy conv, forward in deploy form,
 the in-place `reparameterize()`); a subclass builds its training branches, runs them in
-`forward_branches` and reduces them to one (kernel, bias) pair in `fused_kernel_bias` with the pure
-functions of models/reparam.py.
+`forward_branches`, reduces them to one (kernel, bias) pair in `fused_kernel_bias` with the pure
+functions of models/reparam.py, and grows from a trained plain Conv in `grow_from_plain`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,28 @@ def fuse_branch(branch: nn.Sequential, kernel_size: int) -> KernelBias:
     """A conv_bn branch as (kernel, bias), its kernel zero-padded to kernel_size x kernel_size."""
     kernel, bias = fuse_conv_bn(branch.conv.weight, branch.bn)
     return pad_kernel_center(kernel, kernel_size), bias
+
+
+@torch.no_grad()
+def copy_conv_bn(branch: nn.Sequential, plain: nn.Module) -> None:
+    """Make a conv_bn branch compute what the plain Conv's conv and BN compute: the kernel, the BN's
+    affine parameters, running statistics and eps (the BN's output changes with eps)."""
+    branch.conv.weight.copy_(plain.conv.weight)
+    copy_batch_norm(branch.bn, plain.bn)
+
+
+@torch.no_grad()
+def copy_batch_norm(target: nn.BatchNorm2d, source: nn.BatchNorm2d) -> None:
+    target.load_state_dict(source.state_dict())
+    target.eps = source.eps
+
+
+@torch.no_grad()
+def silence_batch_norm(bn: nn.BatchNorm2d) -> None:
+    """Scale and shift 0: the BN outputs zeros in training and in eval mode alike, so its branch adds
+    nothing until training grows it."""
+    bn.weight.zero_()
+    bn.bias.zero_()
 
 
 def check_block_arguments(
@@ -137,6 +159,28 @@ class ReparamBlock(Block):
         """(kernel Tensor[out, in/groups, k, k], bias Tensor[out]) equal to the training form in eval."""
         raise NotImplementedError
 
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        """Start from a trained plain Conv (kxk conv + BN) of the same geometry: its conv and BN become
+        the main kxk branch and every other branch starts at zero, so that the block computes the plain
+        Conv's function exactly, in eval mode and (where the design allows) in training mode too.
+        Call `check_plain` first; models/grow.py does."""
+        raise NotImplementedError(f"{type(self).__name__} cannot grow from a plain Conv")
+
+    def check_plain(self, plain: nn.Module) -> None:
+        """ValueError in one sentence unless `plain` is a training-form Conv with this block's geometry."""
+        conv = getattr(plain, "conv", None)
+        if self.deploy or not isinstance(getattr(plain, "bn", None), nn.BatchNorm2d):
+            raise ValueError("only a training-form Conv (conv + BN) grows into a training-form block")
+        expected = (self.out_channels, self.in_channels // self.groups, self.kernel_size, self.kernel_size)
+        geometry = (conv.stride, conv.padding, conv.groups, conv.dilation)
+        wanted = ((self.stride,) * 2, (self.padding,) * 2, self.groups, (1, 1))
+        if tuple(conv.weight.shape) != expected or geometry != wanted:
+            raise ValueError(
+                f"a conv of kernel {list(conv.weight.shape)}, stride {conv.stride[0]}, groups {conv.groups} "
+                f"does not fit {type(self).__name__}({self.in_channels}, {self.out_channels}, "
+                f"{self.kernel_size}, stride {self.stride}, groups {self.groups})"
+            )
+
     @torch.no_grad()
     def reparameterize(self) -> ReparamBlock:
         """Fold all branches into one kxk conv with bias (in place, idempotent).
@@ -202,6 +246,12 @@ class RepVGGBlock(ReparamBlock):
         self.branch_1x1.bn.weight.fill_(gamma)
         if self.branch_identity is not None:
             self.branch_identity.weight.fill_(gamma)
+
+    def grow_from_plain(self, plain: nn.Module) -> None:
+        copy_conv_bn(self.branch_kxk, plain)
+        silence_batch_norm(self.branch_1x1.bn)
+        if self.branch_identity is not None:
+            silence_batch_norm(self.branch_identity)
 
     def fused_kernel_bias(self) -> KernelBias:
         branches = [

@@ -29,6 +29,8 @@ import numpy as np
 LOGGER = logging.getLogger(__name__)
 
 CLASS_NAMES = ["circle", "square", "triangle", "star", "cross"]  # the shapes; the classes of one color family
+# The shapes of the pretraining source dataset (data/shapes-source.yaml): other classes, the same world.
+SOURCE_CLASS_NAMES = ["hexagon", "diamond", "arrow", "trapezoid", "chevron"]
 # Base colors in BGR; each object jitters its color around the base. Shape k's color in family f is
 # CLASS_COLORS[(k + f) % 5], so with two families every color is worn by two shapes.
 CLASS_COLORS = [(40, 40, 220), (50, 190, 40), (220, 90, 30), (30, 220, 230), (200, 40, 200)]
@@ -84,20 +86,26 @@ class Scene:
     color_families: int = 1  # 1: 5 classes, one color per shape; 2: 10 classes, each shape in two colors
     max_occlusion: float = 0.3  # share of an earlier object's box that a later object may cover
     max_decoys: int = 0  # unlabeled look-alikes per image (0 to this many)
+    shape_set: int = 0  # 0: CLASS_NAMES; 1: SOURCE_CLASS_NAMES (the pretraining source's classes)
 
     def __post_init__(self):
         if self.color_families not in (1, 2):
             raise ValueError(f"color_families is {self.color_families}; it must be 1 or 2.")
+        if self.shape_set not in (0, 1):
+            raise ValueError(
+                f"shape_set is {self.shape_set}; it must be 0 (the target shapes) or 1 (source)."
+            )
 
 
-def class_names(color_families: int = 1) -> list[str]:
+def class_names(color_families: int = 1, shape_set: int = 0) -> list[str]:
     """The class names: the shapes for one color family; "color-shape" for two (class: family * 5 + shape)."""
+    shapes = SOURCE_CLASS_NAMES if shape_set == 1 else CLASS_NAMES
     if color_families == 1:
-        return list(CLASS_NAMES)
+        return list(shapes)
     return [
         f"{COLOR_NAMES[(shape + family) % 5]}-{name}"
         for family in range(color_families)
-        for shape, name in enumerate(CLASS_NAMES)
+        for shape, name in enumerate(shapes)
     ]
 
 
@@ -106,9 +114,27 @@ def _class_color(class_index: int) -> tuple[int, int, int]:
     return CLASS_COLORS[(shape + family) % len(CLASS_COLORS)]
 
 
-def _shape_polygon(shape: int, rng: np.random.Generator) -> np.ndarray:
-    """Vertices of a shape (an index into CLASS_NAMES) in a unit frame centered at 0, before scaling.
-    -> float (K, 2) xy."""
+def _source_polygon(shape: int, rng: np.random.Generator) -> np.ndarray:
+    """Vertices of a source shape (an index into SOURCE_CLASS_NAMES), as _shape_polygon."""
+    if shape == 0:  # hexagon, any rotation
+        angles = np.linspace(0, 2 * math.pi, 6, endpoint=False) + rng.uniform(0, math.pi / 3)
+        return np.stack([np.cos(angles), np.sin(angles)], 1)
+    if shape == 1:  # diamond, taller than wide
+        width = rng.uniform(0.5, 0.75)
+        return np.array([[0, -1], [width, 0], [0, 1], [-width, 0]], dtype=np.float64)
+    if shape == 2:  # arrow pointing right
+        return np.array([[-1, -0.3], [0.2, -0.3], [0.2, -0.8], [1, 0], [0.2, 0.8], [0.2, 0.3], [-1, 0.3]])
+    if shape == 3:  # trapezoid, wide base
+        top = rng.uniform(0.3, 0.6)
+        return np.array([[-top, -0.7], [top, -0.7], [1, 0.7], [-1, 0.7]], dtype=np.float64)
+    return np.array([[-1, -1], [0, -0.2], [1, -1], [1, -0.2], [0, 0.8], [-1, -0.2]])  # chevron pointing down
+
+
+def _shape_polygon(shape: int, rng: np.random.Generator, shape_set: int = 0) -> np.ndarray:
+    """Vertices of a shape (an index into CLASS_NAMES, or SOURCE_CLASS_NAMES for shape_set 1) in a unit
+    frame centered at 0, before scaling. -> float (K, 2) xy."""
+    if shape_set == 1:
+        return _source_polygon(shape, rng)
     if shape == 0:  # circle
         angles = np.linspace(0, 2 * math.pi, 48, endpoint=False)
         return np.stack([np.cos(angles), np.sin(angles)], 1)
@@ -143,11 +169,16 @@ def _shape_polygon(shape: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _placed_polygon(
-    rng: np.random.Generator, shape: int, sizes: tuple[float, float], width: int, height: int
+    rng: np.random.Generator,
+    shape: int,
+    sizes: tuple[float, float],
+    width: int,
+    height: int,
+    shape_set: int = 0,
 ) -> np.ndarray:
     """A shape, its box's longer side log-uniform in sizes (px), placed inside the image. -> (K, 2) xy px."""
     size = math.exp(rng.uniform(math.log(sizes[0]), math.log(sizes[1])))
-    polygon = _shape_polygon(shape, rng)
+    polygon = _shape_polygon(shape, rng, shape_set)
     extent = polygon.max(0) - polygon.min(0)
     polygon = (polygon - polygon.min(0)) * (size / extent.max())
     span = polygon.max(0)
@@ -169,7 +200,8 @@ def _decoys(rng: np.random.Generator, image: np.ndarray, scene: Scene) -> None:
     max_size = scene.max_object_fraction * min(width, height)
     sizes = (min(max(scene.min_object_size, 10.0), max_size), max_size)  # outlines need room to look hollow
     for _ in range(rng.integers(0, scene.max_decoys + 1)):
-        polygon = _placed_polygon(rng, int(rng.integers(0, len(CLASS_NAMES))), sizes, width, height)
+        shape = int(rng.integers(0, len(CLASS_NAMES)))
+        polygon = _placed_polygon(rng, shape, sizes, width, height, scene.shape_set)
         if rng.random() < 0.5:
             base = DECOY_COLORS[int(rng.integers(0, len(DECOY_COLORS)))]
             _fill(image, polygon, np.clip(np.array(base) + rng.uniform(-15, 15, size=3), 0, 255))
@@ -208,7 +240,8 @@ def render_image(
     for _ in range(wanted):
         class_index = int(rng.integers(0, len(CLASS_NAMES) * scene.color_families))
         for _attempt in range(30):
-            polygon = _placed_polygon(rng, class_index % len(CLASS_NAMES), sizes, width, height)
+            shape = class_index % len(CLASS_NAMES)
+            polygon = _placed_polygon(rng, shape, sizes, width, height, scene.shape_set)
             box = np.concatenate([polygon.min(0), polygon.max(0)])
             if _overlap_ok(box, boxes, scene.max_occlusion):
                 break
@@ -276,7 +309,7 @@ def generate_dataset(root: str | Path, **params) -> dict:
     objects = {}
     for split_index, split in enumerate(SPLITS):
         objects[split] = _write_split(root, split, params[f"{split}_images"], split_index, params)
-    names = class_names(params["color_families"])
+    names = class_names(params["color_families"], params["shape_set"])
     (root / MARKER).write_text(json.dumps({"params": params, "names": names, "objects": objects}, indent=1))
     LOGGER.debug(f"Wrote {root} in {time.perf_counter() - start:.1f}s ({objects} objects).")
     return params

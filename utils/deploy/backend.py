@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from utils.device import select_device
 from utils.errors import WeightsError, WeightsNotFoundError
 from utils.paths import load_yaml_mapping
+from utils.yolov5_checkpoint import RELEASE_NAME, missing_weights_message
 
 LOGGER = logging.getLogger(__name__)
 
@@ -242,6 +243,8 @@ def load_inference_model(
     path = Path(weights)
     device = select_device(device)
     if not path.exists():
+        if RELEASE_NAME.match(path.name):  # yolov5 would download it; we never do
+            raise WeightsNotFoundError(missing_weights_message(path))
         raise WeightsNotFoundError(
             f"weights {path} not found; pass an existing .pt checkpoint, .onnx file or OpenVINO model folder."
         )

@@ -26,7 +26,7 @@ class TrainOptions:
     """What train.py's flags set. img_size, epochs, batch_size and hyp may be None until ``resolve``."""
 
     cfg: str = ""  # model YAML (bare names: models/)
-    weights: str = ""  # initialize from a training checkpoint (matching shapes)
+    weights: str = ""  # start from a checkpoint, ours or yolov5's (utils.checkpoint.grow_from_checkpoint)
     data: str | None = None  # dataset YAML (None: the bundled shapes dataset)
     hyp: str | None = None  # hyperparameter YAML (bare names: data/hyps/)
     epochs: int | None = None

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from models.yolo import Model
 from utils.checkpoint import (
     final_checkpoint,
+    grow_from_checkpoint,
     load_checkpoint,
     load_model,
     make_checkpoint,
@@ -83,10 +84,14 @@ def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
             f"{options.resume} was trained on {resume_ckpt['nc']} classes but {data_config['yaml_file']} now "
             f"has nc={data_config['nc']}; restore the data YAML the run started with, or start a new run."
         )
+    # weights are read, grown and checked before the run folder exists: a bad file writes nothing
+    start = None
+    if options.weights and resume_ckpt is None:
+        start = _transfer_weights(options.weights, options.cfg, data_config["nc"])
     if resume_ckpt is None and context.is_main:
         save_dir = new_run_folder(options)
     init_seeds(options.seed + 1 + context.rank)
-    trainer = Trainer(options, data_config, context, device, save_dir, resume_ckpt)
+    trainer = Trainer(options, data_config, context, device, save_dir, resume_ckpt, start)
     try:
         return trainer.train(stop_after_epochs)
     finally:
@@ -119,16 +124,21 @@ def scale_loss_gains(hyp: Hyp, nl: int, nc: int, img_size: int) -> Hyp:
 
 
 def build_model(
-    options: TrainOptions, nc: int, names: list[str], resume_ckpt: dict | None, branch_gamma: float = 1.0
+    options: TrainOptions,
+    nc: int,
+    names: list[str],
+    resume_ckpt: dict | None,
+    branch_gamma: float = 1.0,
+    start: Model | None = None,
 ) -> Model:
-    """A model from the cfg, the resumed run, or weights (transferred by matching names and shapes).
+    """A model from the resumed run, the weights (`start`: see _transfer_weights) or the cfg.
     branch_gamma: the initial BN scale of the side branches of re-parameterized blocks that have them,
     for a model trained from scratch (hyp rep_branch_gamma)."""
     if resume_ckpt is not None:
         model = Model(resume_ckpt["model_yaml"], nc=nc)
         model.load_state_dict(resume_ckpt["raw_model"])
     elif options.weights:
-        model = _transfer_weights(options.weights, options.cfg, nc)
+        model = start if start is not None else _transfer_weights(options.weights, options.cfg, nc)
     elif options.cfg:
         model = Model(options.cfg, nc=nc)
         if branch_gamma != 1.0:
@@ -151,22 +161,13 @@ def build_model(
 
 
 def _transfer_weights(weights: str, cfg: str, nc: int) -> Model:
-    source = load_checkpoint(weights)
-    if source.get("deploy"):
-        raise CheckpointError(
-            f"{weights} is a fused (deploy) checkpoint, which cannot be trained; start from the "
-            "training-form checkpoint instead (e.g. best.pt, not best_fused.pt)."
-        )
-    model = Model(cfg or source["model_yaml"], nc=nc)
-    own = model.state_dict()
-    # with a cfg the anchors are the cfg's; without, the checkpoint's (possibly evolved by AutoAnchor)
-    matched = {
-        k: v
-        for k, v in source["model"].items()
-        if k in own and v.shape == own[k].shape and not (cfg and k.endswith(".anchors"))
-    }
-    model.load_state_dict(matched, strict=False)
-    LOGGER.info(f"Transferred {len(matched)}/{len(own)} items from {weights}")
+    """The cfg's model (or the checkpoint's own graph) started from a checkpoint, ours or yolov5's: see
+    utils.checkpoint.grow_from_checkpoint. With a cfg the anchors are the cfg's; without, the checkpoint's
+    (possibly evolved by AutoAnchor)."""
+    ckpt = load_checkpoint(weights)
+    model, report = grow_from_checkpoint(ckpt, cfg or None, nc, source=str(weights))
+    origin = " (an ultralytics/yolov5 checkpoint)" if ckpt.get("source_format") else ""
+    LOGGER.info(f"Transferred from {weights}{origin}: {report.summary()}.")
     return model
 
 
@@ -181,13 +182,14 @@ class Trainer:
         device: torch.device,
         save_dir: Path | None,
         resume_ckpt: dict | None = None,
+        start: Model | None = None,
     ):
         self.options, self.data, self.context, self.device = options, data, context, device
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.resumed = resume_ckpt is not None
         self.finishing = bool(resume_ckpt and resume_ckpt.get("finishing"))  # killed in the end-of-run step
         self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(options.hyp)
-        model = build_model(options, data["nc"], data["names"], resume_ckpt, self.hyp.rep_branch_gamma)
+        model = build_model(options, data["nc"], data["names"], resume_ckpt, self.hyp.rep_branch_gamma, start)
         self.model = model.to(device, memory_format=torch.channels_last)  # see utils.train.epoch.train_step
         self.img_size = check_img_size(options.img_size, max(int(self.model.stride.max()), 32))
         if options.batch_size % context.world_size:
