@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -50,15 +51,21 @@ ARMS = (
 )
 
 
-def pretrain(project: str, workers: int, device: str) -> Path:
-    """Plain yolov5s on the source dataset, once (seed 0, the source YAML's defaults); its best.pt."""
-    budget = Budget(data=SOURCE, workers=workers, device=device)
-    variant = Variant.parse("yolov5s.yaml")
-    options = budget.options(variant, 0, project)
-    options.name = "pretrain-yolov5s"
-    row = train_or_reuse(options, load_data_config(SOURCE))
+@dataclass
+class Pretraining:
+    """What the arms fine-tune from: `cfg` trained once on `budget.data` with seed 0."""
+
+    budget: Budget = field(default_factory=lambda: Budget(data=SOURCE))
+    cfg: str = "yolov5s.yaml"
+
+
+def pretrain(project: str, pretraining: Pretraining) -> Path:
+    """Train (or reuse, or resume) the pretraining as <project>/pretrain-<cfg stem>; its best.pt."""
+    options = pretraining.budget.options(Variant.parse(pretraining.cfg), 0, project)
+    options.name = f"pretrain-{Path(pretraining.cfg).stem}"
+    row = train_or_reuse(options, load_data_config(pretraining.budget.data))
     metrics = f"mAP50 {row['mAP50']:.4f} mAP50-95 {row['mAP50_95']:.4f}"
-    print(f"{row['status']:>8s} pretraining on {SOURCE}: {metrics}")
+    print(f"{row['status']:>8s} pretraining on {pretraining.budget.data}: {metrics}")
     return Path(row["save_dir"]) / "weights" / "best.pt"
 
 
@@ -70,15 +77,18 @@ def run(
     only_seeds: Sequence[int] | None = None,
     json_path: str | None = None,
     threads: int = 0,
+    pretraining: Pretraining | None = None,
 ) -> dict:
     """Pretrain (or reuse), train (or reuse) every arm x seed, print the table; -> {"budget", "runs",
-    "summary"} over the seeds trained here (also written to json_path)."""
+    "summary"} over the seeds trained here (also written to json_path). pretraining: default plain
+    yolov5s on data/shapes-source.yaml with its defaults."""
     budget = budget or Budget(data=TARGET)
     if threads > 0:
         torch.set_num_threads(threads)
     pretrained = None
     if any(PRETRAINED in spec for spec in models):
-        pretrained = pretrain(project, budget.workers, budget.device)
+        source = Budget(data=SOURCE, workers=budget.workers, device=budget.device)
+        pretrained = pretrain(project, pretraining or Pretraining(source))
     specs = [spec.replace(PRETRAINED, str(pretrained)) for spec in models]
     variants = [Variant.parse(spec) for spec in specs]
     data_config = load_data_config(budget.data)

@@ -38,10 +38,15 @@ class TransferReport:
         return self.used_elements / self.source_elements if self.source_elements else 1.0
 
     def summary(self) -> str:
+        grown = ""
+        if self.grown:
+            grown = (
+                f"{self.grown} plain convs grown into re-parameterized blocks ({self.grown_tensors} tensors, "
+            )
+            grown += "side branches at zero), "
         text = (
-            f"{self.loaded} tensors loaded as they are, {self.grown} plain convs grown into re-parameterized "
-            f"blocks ({self.grown_tensors} tensors, side branches at zero), {self.initialized} tensors newly "
-            f"initialized; {self.fraction:.0%} of the weights' values used"
+            f"{self.loaded} tensors loaded as they are, {grown}{self.initialized} tensors newly initialized; "
+            f"{self.fraction:.1%} of the weights' values used"
         )
         if self.not_transferred:
             names = ", ".join(self.not_transferred[:8])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import train
 from bench.accuracy import Budget, Variant, format_table, paired_interval, run, summarize, t_critical
@@ -137,3 +138,26 @@ def test_study_end_to_end_writes_the_json_and_resumes(tiny, capsys):
     stored.write_text(stored.read_text().replace("lr0: 0.01", "lr0: 0.02"))
     with pytest.raises(ConfigError, match="holds a run with lr0=0.02 but this study asks for 0.01"):
         run(models, seeds=1, budget=budget, project=project)
+
+
+def test_the_finetune_bench_pretrains_once_and_grows_each_arm_from_it(tmp_path, capsys):
+    from bench import finetune
+
+    data_yaml, model_yaml = make_tiny_dataset(tmp_path, train_images=4, val_images=2)
+    config = yaml.safe_load(model_yaml.read_text())
+    config["backbone"][1][2] = "RepVGGBlock"  # the stride-2 3x3 conv after the stem
+    rep_yaml = tmp_path / "tiny_rep.yaml"
+    rep_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    tiny = dict(data=str(data_yaml), epochs=1, img_size=64, batch_size=4, workers=0, device="cpu", repeat=1)
+    arms = [f"{model_yaml}:weights={{pretrained}}", f"{rep_yaml}:weights={{pretrained}}"]
+    project = str(tmp_path / "study")
+    source = finetune.Pretraining(Budget(**tiny), str(model_yaml))
+    first = finetune.run(arms, seeds=1, budget=Budget(**tiny), project=project, pretraining=source)
+    again = finetune.run(arms, seeds=1, budget=Budget(**tiny), project=project, pretraining=source)
+    printed = capsys.readouterr().out
+    assert "trained pretraining" in printed and "reused pretraining" in printed
+    assert [row["status"] for row in first["runs"]] == ["trained", "trained"]
+    assert [row["status"] for row in again["runs"]] == ["reused", "reused"]
+    assert Path(first["pretrained"]).name == "best.pt" and first["summary"][arms[1]]["runs"] == 1
+    grown = yaml.safe_load((Path(first["runs"][1]["save_dir"]) / "opt.yaml").read_text())
+    assert grown["weights"] == first["pretrained"] and grown["cfg"] == str(rep_yaml)

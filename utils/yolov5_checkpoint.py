@@ -164,6 +164,7 @@ def to_checkpoint(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
             "checkpoint"
         )
     config = _config(model.yaml, path)
+    config["yaml_file"] = Path(str(getattr(model, "yaml_file", None) or config["yaml_file"])).name
     layers = _children(model)["model"]
     detect = list(_children(layers).values())[-1]
     stride = _tensor(detect, "stride", None)
