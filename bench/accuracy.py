@@ -211,6 +211,30 @@ def train_or_reuse(options: TrainOptions, data_config: dict) -> dict:
             "save_dir": str(folder), "status": status}  # fmt: skip
 
 
+def train_seeds(
+    variants: Sequence[Variant],
+    names: Sequence[str],
+    seeds: Sequence[int],
+    budget: Budget,
+    project: str,
+    data_config: dict,
+) -> list[dict]:
+    """Train (or reuse) every variant at every seed, seed-major (an interrupted study has every model at
+    the same seeds), a line each; -> rows {"model": its name, "seed", and train_or_reuse's keys}."""
+    runs = []
+    for seed in seeds:
+        for variant, name in zip(variants, names):
+            row = {"model": name, "seed": seed}
+            row.update(train_or_reuse(budget.options(variant, seed, project), data_config))
+            runs.append(row)
+            print(
+                f"{row['status']:>8s} {name} seed {seed}: mAP50 {row['mAP50']:.4f} mAP50-95 "
+                f"{row['mAP50_95']:.4f}, {row['minutes']:.1f} min ({row['save_dir']})",
+                flush=True,
+            )
+    return runs
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 
@@ -283,17 +307,7 @@ def run(
         torch.set_num_threads(threads)
     data_config = load_data_config(budget.data)
     resolved = budget.options(variants[0], 0, project).resolve(data_config)
-    runs = []
-    for seed in range(seeds):  # seed-major: an interrupted study has every model at the same seeds
-        for variant in variants:
-            row = {"model": variant.spec, "seed": seed}
-            row.update(train_or_reuse(budget.options(variant, seed, project), data_config))
-            runs.append(row)
-            print(
-                f"{row['status']:>8s} {variant.spec} seed {seed}: mAP50 {row['mAP50']:.4f} mAP50-95 "
-                f"{row['mAP50_95']:.4f}, {row['minutes']:.1f} min ({row['save_dir']})",
-                flush=True,
-            )
+    runs = train_seeds(variants, [v.spec for v in variants], range(seeds), budget, project, data_config)
     cfgs = sorted({v.cfg for v in variants})
     fused = measure_fused(cfgs, int(data_config["nc"]), resolved.img_size, threads, rounds=3)
     summary = summarize(runs, [v.spec for v in variants])

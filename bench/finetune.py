@@ -32,7 +32,15 @@ from typing import Sequence
 
 import torch
 
-from bench.accuracy import Budget, Variant, add_run_arguments, format_table, summarize, train_or_reuse
+from bench.accuracy import (
+    Budget,
+    Variant,
+    add_run_arguments,
+    format_table,
+    summarize,
+    train_or_reuse,
+    train_seeds,
+)
 from utils.data.config import load_data_config
 from utils.errors import USER_ERRORS
 from utils.log import setup_logging
@@ -94,17 +102,7 @@ def run(
     data_config = load_data_config(budget.data)
     target_project = str(Path(project) / Path(budget.data).stem)
     chosen = list(only_seeds) if only_seeds else list(range(seeds))
-    runs = []
-    for seed in chosen:
-        for variant, name in zip(variants, models):
-            row = {"model": name, "seed": seed}
-            row.update(train_or_reuse(budget.options(variant, seed, target_project), data_config))
-            runs.append(row)
-            print(
-                f"{row['status']:>8s} {name} seed {seed}: mAP50 {row['mAP50']:.4f} mAP50-95 "
-                f"{row['mAP50_95']:.4f}, {row['minutes']:.1f} min",
-                flush=True,
-            )
+    runs = train_seeds(variants, models, chosen, budget, target_project, data_config)
     summary = summarize(runs, list(models))
     for entry in summary.values():
         entry["fused_ms"] = float("nan")  # the fused models are those of bench.accuracy: not timed here
