@@ -95,8 +95,9 @@ def run(
         torch.set_num_threads(threads)
     pretrained = None
     if any(PRETRAINED in spec for spec in models):
-        source = Budget(data=SOURCE, workers=budget.workers, device=budget.device)
-        pretrained = pretrain(project, pretraining or Pretraining(source))
+        if pretraining is None:
+            pretraining = Pretraining(Budget(data=SOURCE, workers=budget.workers, device=budget.device))
+        pretrained = pretrain(project, pretraining)
     specs = [spec.replace(PRETRAINED, str(pretrained)) for spec in models]
     variants = [Variant.parse(spec) for spec in specs]
     data_config = load_data_config(budget.data)

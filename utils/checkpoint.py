@@ -27,7 +27,7 @@ from models.grow import TransferReport, transfer_weights
 from utils import __version__
 from utils.errors import CheckpointError
 from utils.paths import atomic_open
-from utils.yolov5_checkpoint import is_yolov5_checkpoint, missing_weights_message, read_pickle, to_checkpoint
+from utils.yolov5_checkpoint import is_yolov5_checkpoint, missing_release_message, read_pickle, to_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 REQUIRED_KEYS = ("model", "model_yaml", "deploy")
@@ -47,7 +47,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     unusable files; an ultralytics/yolov5 checkpoint comes back converted to our format."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(missing_weights_message(path))
+        raise CheckpointError(
+            missing_release_message(path)
+            or f"{path}: checkpoint not found; check the path (or train one with train.py)"
+        )
     try:
         ckpt = read_pickle(path)
     except CheckpointError:

@@ -138,14 +138,15 @@ def refusal(path: Path, name: str) -> str:
     )
 
 
-def missing_weights_message(path: Path) -> str:
-    """One sentence for a weights file that is not there (yolov5 would download it; we never do)."""
-    if RELEASE_NAME.match(path.name):
-        return (
-            f"{path} not found, and RepYOLO downloads nothing: download {path.name} yourself from the "
-            f"ultralytics/yolov5 releases ({RELEASES_URL}) and pass its path"
-        )
-    return f"{path}: checkpoint not found; check the path (or train one with train.py)"
+def missing_release_message(path: Path) -> str | None:
+    """One sentence for a missing yolov5 release file (yolov5 would download it; we never do); None for
+    any other name."""
+    if not RELEASE_NAME.match(path.name):
+        return None
+    return (
+        f"{path} not found, and RepYOLO downloads nothing: download {path.name} yourself from the "
+        f"ultralytics/yolov5 releases ({RELEASES_URL}) and pass its path"
+    )
 
 
 def is_yolov5_checkpoint(ckpt: Any) -> bool:
@@ -165,17 +166,14 @@ def to_checkpoint(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         )
     config = _config(model.yaml, path)
     config["yaml_file"] = Path(str(getattr(model, "yaml_file", None) or config["yaml_file"])).name
-    layers = _children(model)["model"]
-    detect = list(_children(layers).values())[-1]
-    stride = _tensor(detect, "stride", None)
-    if stride is None:
-        stride = getattr(model, "stride", None)
+    layers = list(_children(_children(model)["model"]).values())
+    stride = _tensor(layers[-1], "stride")  # Detect's
+    stride = stride if stride is not None else _tensor(model, "stride")
     state = {}
     _collect(model, "", state)
-    anchors = (
-        state.pop(f"model.{len(_children(layers)) - 1}.anchors") * stride.float().view(-1, 1, 1)
-    ).float()
-    state[f"model.{len(_children(layers)) - 1}.anchors"] = anchors  # grid units -> pixels, as ours
+    anchors_key = f"model.{len(layers) - 1}.anchors"
+    anchors = state[anchors_key] * stride.float().view(-1, 1, 1)  # grid units -> pixels, as ours
+    state[anchors_key] = anchors
     config["anchors"] = anchors.view(anchors.shape[0], -1).tolist()
     _check_activations(model, config["activation"], path)
     names = getattr(model, "names", None) or [f"class{i}" for i in range(int(config["nc"]))]
@@ -205,9 +203,10 @@ def _children(module: PickledObject) -> dict[str, PickledObject]:
     return dict(getattr(module, "_modules", None) or {})
 
 
-def _tensor(module: PickledObject, name: str, default: Any) -> Any:
-    value = (getattr(module, "_buffers", None) or {}).get(name, getattr(module, name, default))
-    return value if isinstance(value, torch.Tensor) else default
+def _tensor(module: PickledObject, name: str) -> torch.Tensor | None:
+    """A stand-in's buffer or tensor attribute `name`, None if it has none."""
+    value = (getattr(module, "_buffers", None) or {}).get(name, getattr(module, name, None))
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _collect(module: PickledObject, prefix: str, state: dict[str, torch.Tensor]) -> None:

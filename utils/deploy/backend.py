@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from utils.device import select_device
 from utils.errors import WeightsError, WeightsNotFoundError
 from utils.paths import load_yaml_mapping
-from utils.yolov5_checkpoint import RELEASE_NAME, missing_weights_message
+from utils.yolov5_checkpoint import missing_release_message
 
 LOGGER = logging.getLogger(__name__)
 
@@ -243,10 +243,10 @@ def load_inference_model(
     path = Path(weights)
     device = select_device(device)
     if not path.exists():
-        if RELEASE_NAME.match(path.name):  # yolov5 would download it; we never do
-            raise WeightsNotFoundError(missing_weights_message(path))
         raise WeightsNotFoundError(
-            f"weights {path} not found; pass an existing .pt checkpoint, .onnx file or OpenVINO model folder."
+            missing_release_message(path)
+            or f"weights {path} not found; pass an existing .pt checkpoint, .onnx file or OpenVINO model "
+            "folder."
         )
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".xml":
