@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", default="", help="cpu or a CUDA index such as 0 (default: cuda if present)"
     )
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="half-precision inference: float16 on CUDA, bfloat16 on a CPU that computes it natively",
+    )
     parser.add_argument("--save-txt", action="store_true", help="write YOLO label files to labels/")
     parser.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt rows")
     parser.add_argument("--save-crop", action="store_true", help="write each box's crop to crops/<class>/")
@@ -83,6 +88,7 @@ def run(
     classes: list[int] | None = None,
     agnostic_nms: bool = False,
     device: str = "",
+    half: bool = False,
     save_txt: bool = False,
     save_conf: bool = False,
     save_crop: bool = False,
@@ -99,7 +105,7 @@ def run(
     Returns one dict per image or frame: "path", "frame" (None for images), "shape" (h, w) of the
     original, "detections" np.ndarray (n, 6) x1, y1, x2, y2 (original pixels), score, class.
     """
-    detector = Detector(weights, device)
+    detector = Detector(weights, device, half=half)
     detector.size, detector.classes, detector.agnostic = img_size, classes, agnostic_nms
     detector.conf, detector.iou, detector.max_det = conf_thres, iou_thres, max_det
     detector.check_classes(classes)

@@ -76,6 +76,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-tensorboard", dest="tensorboard", action="store_false", help="do not write TensorBoard logs"
     )
+    parser.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_false",
+        help="train in float32 (default: mixed precision, float16 on CUDA and bfloat16 on a CPU that "
+        "computes it natively)",
+    )
     return parser.parse_args(argv)
 
 

@@ -55,6 +55,7 @@ def run(
     max_det: int = 300,
     task: str = "val",
     device: str = "",
+    half: bool = False,
     workers: int = 2,
     save_json: bool = False,
     save_txt: bool = False,
@@ -80,7 +81,7 @@ def run(
     speed_only = task == "speed"
     if speed_only:  # yolov5's speed protocol: batch 1 at the deployment thresholds
         batch_size, conf_thres, iou_thres, save_json, plots = 1, 0.25, 0.45, False, False
-    predictor = model if model is not None else load_inference_model(weights, device)
+    predictor = model if model is not None else load_inference_model(weights, device, half=half)
     data_config = load_data_config(data)
     if data_config["nc"] != predictor.nc:
         raise DataError(
@@ -156,6 +157,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
     parser.add_argument("--task", default="val", choices=("val", "test", "speed"))
     parser.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: GPU 0 when available)")
+    parser.add_argument(
+        "--half",
+        action="store_true",
+        help="half-precision inference: float16 on CUDA, bfloat16 on a CPU that computes it natively",
+    )
     parser.add_argument("--workers", type=int, default=2, help="dataloader worker processes")
     parser.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
     parser.add_argument("--save-txt", action="store_true", help="write YOLO-format predictions to labels/")

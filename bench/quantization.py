@@ -11,7 +11,9 @@ val.py's own run() measures mAP50 and mAP50-95 of every artefact on the validati
 are the ones val.py prints for those files. Then every model is exported again at each of --sizes and
 timed at batch 1 in one process, all runtimes and precisions interleaved round by round, --threads
 threads each: PyTorch eager (NCHW), PyTorch channels_last, ONNX Runtime FP32 and INT8, OpenVINO FP32 and
-INT8. The header names the CPU features that decide INT8 speed (AVX2, AVX-512, VNNI, AMX).
+INT8, and on a CPU that computes bfloat16 natively the --half rows: PyTorch (channels_last, bfloat16
+autocast) and OpenVINO FP32 IR with bf16 inference precision, scored by val.py --half too. The header
+names the CPU features that decide INT8 speed (AVX2, AVX-512, VNNI, AMX).
 
 Artefacts are kept under --project and reused when the bench runs again (an interrupted run resumes).
 """
@@ -42,29 +44,28 @@ BOUNDED = (
     ("ORT INT8 bounded", "_int8.onnx", "onnx", "ORT FP32"),
     ("OpenVINO INT8 bounded", "_int8_openvino_model", "openvino", "OpenVINO FP32"),
 )
-# (INT8 row, the FP32 row of the same runtime): the drop is measured against the runtime's own float model
-DROPS = (("ORT INT8", "ORT FP32"), ("OpenVINO INT8", "OpenVINO FP32"), *((b[0], b[3]) for b in BOUNDED))
+# (row label, artefact suffix, its FP32 row) of --half: bfloat16 on a CPU with it natively (float16 on CUDA)
+HALF = (("PyTorch half", ".pt", "PyTorch fused"), ("OpenVINO half", "_openvino_model", "OpenVINO FP32"))
+# (INT8 or half row, the FP32 row of the same runtime): the drop is measured against the runtime's own
+# float model
+DROPS = (("ORT INT8", "ORT FP32"), ("OpenVINO INT8", "OpenVINO FP32"), *((b[0], b[3]) for b in BOUNDED),
+         *((h[0], h[2]) for h in HALF))  # fmt: skip
 FEATURES = {
     "AVX2": ("avx2",),
     "AVX-512": ("avx512f",),
     "VNNI": ("avx512_vnni", "avx512vnni", "avx_vnni"),
     "AMX": ("amx_int8", "amx_tile"),
+    "BF16": ("avx512_bf16", "amx_bf16"),
 }
 LOGGER = logging.getLogger(__name__)
 
 
 def cpu_features() -> dict[str, bool]:
-    """Which of the CPU features that matter for INT8 this machine has (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return {name: any(flag in flags for flag in names) for name, names in FEATURES.items()}
+    """Which of the CPU features that matter for INT8 and bfloat16 this machine has."""
+    from utils.device import cpu_flags
+
+    flags = cpu_flags()
+    return {name: any(flag in flags for flag in names) for name, names in FEATURES.items()} if flags else {}
 
 
 def trained_weights(cfg: str, given: str | None, epochs: int, project: Path) -> Path:
@@ -103,13 +104,20 @@ def artefact(fused: str | Path, suffix: str) -> Path:
     return fused.with_name(f"{fused.stem}{suffix}")
 
 
-def scores(path: Path, data: str | None, img_size: int) -> dict[str, float]:
+def half_available() -> bool:
+    """Whether --half runs fast here: bfloat16 on this CPU (the runtimes' rows are CPU rows)."""
+    from utils.device import native_bf16_feature
+
+    return native_bf16_feature() is not None
+
+
+def scores(path: Path, data: str | None, img_size: int, half: bool = False) -> dict[str, float]:
     """val.py's mAP50 and mAP50-95 (in points) of one artefact on the validation split."""
     import val
 
     with tempfile.TemporaryDirectory() as folder:
         results = val.run(data=data, weights=path, img_size=img_size, workers=0, plots=False, quiet=True,
-                          save_dir=folder)  # fmt: skip
+                          save_dir=folder, half=half, device="cpu")  # fmt: skip
     return {"mAP50": 100 * results["mAP50"], "mAP50_95": 100 * results["mAP50_95"]}
 
 
@@ -124,6 +132,9 @@ def latency_calls(fused: str | Path, img_size: int, threads: int) -> dict[str, o
     calls = {"PyTorch eager": lambda: eager(x), "PyTorch channels_last": lambda: channels_last(x)}
     for label, suffix in ARTEFACTS[1:]:
         model = load_inference_model(artefact(fused, suffix), threads=threads)
+        calls[label] = lambda model=model: model(x)
+    for label, suffix, _ in HALF if half_available() else ():
+        model = load_inference_model(artefact(fused, suffix), threads=threads, half=True)
         calls[label] = lambda model=model: model(x)
     return calls
 
@@ -167,7 +178,11 @@ def run(
         for label, end, runtime, _ in BOUNDED:
             rows[label] = scores(artefact(bounded["fused"], end), data_yaml, map_size)
             rows[label]["kept_float"] = bounded["bounded"].get(runtime, {}).get("kept_float", [])
+        for label, suffix, _ in HALF if half_available() else ():
+            rows[label] = scores(artefact(plain["fused"], suffix), data_yaml, map_size, half=True)
         for label, reference in DROPS:
+            if label not in rows:
+                continue
             rows[label]["drop"] = rows[reference]["mAP50_95"] - rows[label]["mAP50_95"]
         results["models"][name] = {"weights": str(checkpoint), "img_size": map_size, "map": rows}
         print(format_scores(name, map_size, rows), flush=True)
@@ -205,6 +220,8 @@ def format_latency(results: dict, sizes: Sequence[int], rounds: int) -> str:
     lines = [f"\nbatch-1 latency, ms (median of {rounds} interleaved rounds, {results['threads']} threads; "
              f"torch {results['torch']}; CPU: {features})"]  # fmt: skip
     labels = ["PyTorch eager", "PyTorch channels_last"] + [label for label, _ in ARTEFACTS[1:]]
+    first = next(iter(results["models"].values()))["latency_ms"][str(sizes[0])]
+    labels += [label for label, _, _ in HALF if label in first]
     for size in sizes:
         lines.append(f"{size} px: {'model':20s}" + "".join(f"{label:>24s}" for label in labels))
         for name, model in results["models"].items():
@@ -218,6 +235,14 @@ def format_latency(results: dict, sizes: Sequence[int], rounds: int) -> str:
                 f"{'':8s}{name:20s} best INT8 / best FP32 {best_int8 / best_fp32:.2f}x, "
                 f"best FP32 / PyTorch eager {best_fp32 / row['PyTorch eager']:.2f}x"
             )
+            if "OpenVINO half" in row:
+                lines.append(
+                    f"{'':8s}{name:20s} half / FP32: PyTorch "
+                    f"{row['PyTorch half'] / row['PyTorch channels_last']:.2f}x (vs channels_last), "
+                    f"OpenVINO {row['OpenVINO half'] / row['OpenVINO FP32']:.2f}x"
+                )
+    if "OpenVINO half" not in labels:
+        lines.append("(no half rows: this CPU has no native bfloat16, where --half is refused)")
     return "\n".join(lines)
 
 

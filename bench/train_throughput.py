@@ -2,9 +2,11 @@
 
     python -m bench.train_throughput [--img 320] [--batch-size 8] [--rounds 3] [--device cpu]
 
-Two measurements per model, interleaved round by round so that load from other processes hits both,
-both through the library's own training step (utils.train.epoch.train_step with an OptimizerStep:
-channels_last, autocast on CUDA, gradient clipping, the EMA update), exactly what train.py runs:
+Each model trains in float32 and in the mixed precision train.py picks for the device (bfloat16 on a CPU
+that computes it natively, float16 on CUDA; float32 only where there is none), the same initial weights
+in both. Two measurements per model and precision, interleaved round by round so that load from other
+processes hits all of them, both through the library's own training step (utils.train.epoch.train_step
+with an OptimizerStep: channels_last, autocast, gradient clipping, the EMA update), as train.py runs it:
   step:  train_step on one fixed random batch (no data loading);
   epoch: train_one_epoch over a loader of --epoch-images bundled training images with the training
          augmentation (mosaic etc.), i.e. what an epoch of train.py costs per image, without validation.
@@ -27,7 +29,7 @@ import torch
 from models.yolo import Model
 from utils.data.config import image_files_from_sources, load_data_config
 from utils.data.dataset import create_dataloader
-from utils.device import select_device, time_sync
+from utils.device import FLOAT32, Precision, select_device, time_sync, training_precision
 from utils.hyp import Hyp, load_hyp
 from utils.train.ema import ModelEMA
 from utils.train.epoch import train_one_epoch, train_step
@@ -40,17 +42,17 @@ MODELS = ("repyolov5s.yaml", "yolov5s.yaml")
 
 
 class Trainee:
-    """A model with the loss and OptimizerStep train.py would give it (no accumulation, no warmup)."""
+    """A model with the loss and OptimizerStep train.py would give it (no accumulation, no warmup), in
+    ``precision`` (utils.device.training_precision: float32, or the device's mixed precision)."""
 
-    def __init__(self, model: torch.nn.Module, loss_fn, hyp: Hyp, device: torch.device):
+    def __init__(self, model: torch.nn.Module, loss_fn, hyp: Hyp, device: torch.device, precision: Precision):
         self.model = model.to(device, memory_format=torch.channels_last).train()
         self.loss_fn = loss_fn
         optimizer = build_optimizer(self.model, "SGD", lr=0.001, momentum=hyp.momentum)
         schedule = EpochSchedule(optimizer, epochs=1, lrf=hyp.lrf)
         ema = ModelEMA(self.model)
-        amp = device.type == "cuda"
         self.step = OptimizerStep(
-            self.model, optimizer, schedule, hyp, accumulate=1, warmup=0, ema=ema, amp=amp
+            self.model, optimizer, schedule, hyp, accumulate=1, warmup=0, ema=ema, precision=precision
         )
         self.iteration = 0
 
@@ -93,12 +95,12 @@ def measure_epoch(trainee: Trainee, loader) -> float:
     return len(loader.dataset) / (time_sync() - start)
 
 
-def build(cfg: str, nc: int, img_size: int, device) -> Trainee:
+def build(cfg: str, nc: int, img_size: int, device, precision: Precision) -> Trainee:
+    torch.manual_seed(0)  # both precisions of a model start from the same weights
     model = Model(cfg, nc=nc)
     hyp = load_hyp("hyp.scratch-low.yaml")
-    return Trainee(
-        model, YoloLoss(model.detect, scale_loss_gains(hyp, model.detect.nl, nc, img_size)), hyp, device
-    )
+    gains = scale_loss_gains(hyp, model.detect.nl, nc, img_size)
+    return Trainee(model, YoloLoss(model.detect, gains), hyp, device, precision)
 
 
 def build_reference_yolov5(nc: int, img_size: int, device) -> Trainee | None:
@@ -114,7 +116,7 @@ def build_reference_yolov5(nc: int, img_size: int, device) -> Trainee | None:
     model.nc = nc
     hyp = load_hyp("hyp.scratch-low.yaml")
     model.hyp = scale_loss_gains(hyp, model.model[-1].nl, nc, img_size).to_dict()
-    return Trainee(model, ComputeLoss(model), hyp, device)
+    return Trainee(model, ComputeLoss(model), hyp, device, FLOAT32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -149,46 +151,66 @@ def run(img_size=320, batch_size=8, steps=5, epoch_images=48, rounds=3, workers=
             shuffle=True,
             nc=data["nc"],
         )
-        built = {cfg: build(cfg, data["nc"], img_size, device) for cfg in MODELS}
-        results = {cfg: {"step": [], "epoch": []} for cfg in MODELS}
+        precisions = [FLOAT32]
+        mixed = training_precision(device)
+        if mixed.mixed:
+            precisions.append(mixed)
+        built = {
+            (cfg, precision.name): build(cfg, data["nc"], img_size, device, precision)
+            for cfg in MODELS
+            for precision in precisions
+        }
+        results = {key: {"step": [], "epoch": []} for key in built}
         reference = build_reference_yolov5(data["nc"], img_size, device)
         reference_steps = []
         for round_index in range(rounds):
-            for cfg, trainee in built.items():
-                results[cfg]["step"].append(measure_steps(trainee, batch_size, img_size, steps, data["nc"]))
-                results[cfg]["epoch"].append(measure_epoch(trainee, loader))
+            for key, trainee in built.items():
+                results[key]["step"].append(measure_steps(trainee, batch_size, img_size, steps, data["nc"]))
+                results[key]["epoch"].append(measure_epoch(trainee, loader))
+                label, step_speed = f"{key[0]} {key[1]}", results[key]["step"][-1]
                 print(
-                    f"round {round_index + 1}/{rounds} {cfg:18s} step {results[cfg]['step'][-1]:6.2f} img/s, "
-                    f"epoch {results[cfg]['epoch'][-1]:6.2f} img/s",
+                    f"round {round_index + 1}/{rounds} {label:27s} step {step_speed:6.2f} img/s, "
+                    f"epoch {results[key]['epoch'][-1]:6.2f} img/s",
                     flush=True,
                 )
             if reference is not None:
                 reference_steps.append(measure_steps(reference, batch_size, img_size, steps, data["nc"]))
-                label = "yolov5 (package)"
-                print(f"round {round_index + 1}/{rounds} {label:18s} step {reference_steps[-1]:6.2f} img/s")
-    medians = {cfg: {k: statistics.median(v) for k, v in r.items()} for cfg, r in results.items()}
-    rep, plain = medians[MODELS[0]], medians[MODELS[1]]
+                label = "yolov5 (package) float32"
+                print(f"round {round_index + 1}/{rounds} {label:27s} step {reference_steps[-1]:6.2f} img/s")
+    medians = {key: {k: statistics.median(v) for k, v in r.items()} for key, r in results.items()}
     print(
         f"\nTraining throughput at {img_size} px, batch {batch_size}, {device} "
-        f"({torch.get_num_threads()} threads), median of {rounds} interleaved rounds:"
+        f"({torch.get_num_threads()} threads), median of {rounds} interleaved rounds; mixed precision: "
+        f"{mixed.name} ({mixed.reason}):"
     )
-    print(f"{'model':20s}{'step img/s':>12s}{'epoch img/s':>13s}")
-    for cfg in MODELS:
-        print(f"{cfg:20s}{medians[cfg]['step']:12.2f}{medians[cfg]['epoch']:13.2f}")
-    print(
-        f"{'ratio rep/plain':20s}{rep['step'] / plain['step']:12.2f}{rep['epoch'] / plain['epoch']:13.2f}"
-        "   (below 1: the RepVGG training form is slower)"
-    )
+    print(f"{'model':20s}{'precision':>10s}{'step img/s':>12s}{'epoch img/s':>13s}")
+    for cfg, name in medians:
+        print(f"{cfg:20s}{name:>10s}{medians[cfg, name]['step']:12.2f}{medians[cfg, name]['epoch']:13.2f}")
+    for precision in precisions:
+        rep, plain = medians[MODELS[0], precision.name], medians[MODELS[1], precision.name]
+        print(
+            f"{'ratio rep/plain':20s}{precision.name:>10s}{rep['step'] / plain['step']:12.2f}"
+            f"{rep['epoch'] / plain['epoch']:13.2f}   (below 1: the RepVGG training form is slower)"
+        )
+    if mixed.mixed:
+        for cfg in MODELS:
+            fast, slow = medians[cfg, mixed.name], medians[cfg, "float32"]
+            print(
+                f"{cfg:20s}{mixed.name + '/fp32':>10s}{fast['step'] / slow['step']:12.2f}"
+                f"{fast['epoch'] / slow['epoch']:13.2f}   (the speed-up of mixed precision)"
+            )
+    plain = medians[MODELS[1], "float32"]
     if reference_steps:
         theirs = statistics.median(reference_steps)
-        print(f"{'yolov5 package':20s}{theirs:12.2f}")
+        print(f"{'yolov5 package':20s}{'float32':>10s}{theirs:12.2f}")
         print(
-            f"{'ours/yolov5 (v5s)':20s}{plain['step'] / theirs:12.2f}   (1 or above: not slower than yolov5)"
+            f"{'ours/yolov5 (v5s)':20s}{'float32':>10s}{plain['step'] / theirs:12.2f}   "
+            "(1 or above: not slower than yolov5)"
         )
-        medians["yolov5_package"] = {"step": theirs}
+        medians["yolov5_package", "float32"] = {"step": theirs}
     else:
         print("(the yolov5 pip package is not installed: no side-by-side with yolov5's own training step)")
-    return medians
+    return {f"{cfg} {name}": values for (cfg, name), values in medians.items()}
 
 
 def main(argv=None) -> dict:

@@ -56,6 +56,8 @@ class Detect(nn.Module):
 
     def _decode(self, level: int, raw: Tensor) -> Tensor:
         batch, _, height, width, _ = raw.shape
+        if raw.dtype in (torch.bfloat16, torch.float16):  # half-precision inference (--half)
+            raw = raw.float()  # box centres in pixels need float32 (bfloat16 is off by 2 px at 640)
         grid = self._grid(level, height, width, raw)
         scores = raw.sigmoid()
         xy = (scores[..., 0:2] * 2 - 0.5 + grid) * self.stride[level]

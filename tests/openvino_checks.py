@@ -14,6 +14,7 @@ import sys
 
 import onnx
 import pytest
+import torch
 import yaml
 
 import convert
@@ -23,7 +24,7 @@ from tests.helpers import NAMES, write_images, write_tiny_checkpoint
 from utils.deploy.backend import load_inference_model
 from utils.deploy.partial_quantization import float_convolutions, quantize_openvino_bounded
 from utils.deploy.quantize import calibration_batches, consumers_of, decode_tail_nodes
-from utils.errors import DataError, WeightsError
+from utils.errors import DataError, DeviceError, WeightsError
 from utils.paths import ROOT
 
 pytest.importorskip("openvino")
@@ -121,6 +122,25 @@ def test_val_and_detect_run_every_artefact(exported, tmp_path):
             weights, source=root / "data" / "images", project=tmp_path, name="d", nosave=True
         )
         assert len(detections) == 6
+
+
+def test_half_openvino_uses_bf16_and_stays_close(exported, monkeypatch):
+    """--half compiles the FP32 IR with bf16 inference precision where the CPU computes it natively (the
+    capability is forced on here; OpenVINO falls back to f32 on a CPU without it), and is refused
+    elsewhere."""
+    from utils import device as device_module
+
+    root, _ = exported
+    folder = root / "best_fused_openvino_model"
+    images = torch.rand(2, 3, 64, 64)
+    monkeypatch.setattr(device_module, "native_bf16_feature", lambda: "AVX512-BF16")
+    half = load_inference_model(folder, half=True)
+    assert half.half and half.compiled.get_property("INFERENCE_PRECISION_HINT") in ("bf16", "f32")
+    difference = (half(images) - load_inference_model(folder)(images)).abs()
+    assert difference[..., :4].max() < 2.0 and difference[..., 4:].max() < 0.05
+    monkeypatch.setattr(device_module, "native_bf16_feature", lambda: None)
+    with pytest.raises(DeviceError, match="--half needs"):
+        load_inference_model(folder, half=True)
 
 
 def test_bad_input_is_one_sentence(exported, tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.device import select_device
+from utils.device import half_dtype, select_device
 from utils.errors import WeightsError, WeightsNotFoundError
 from utils.paths import load_yaml_mapping
 from utils.yolov5_checkpoint import missing_release_message
@@ -35,7 +35,8 @@ class InferenceModel:
         for, else None (any multiple of ``stride`` works). kind: "pytorch", "onnx" or "openvino".
         deploy: whether the weights are the fused (re-parameterized) form.
         train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
-        detection uses it when no image size is given.
+        detection uses it when no image size is given. half: whether it computes in half precision
+        (float16 on CUDA, bfloat16 on the CPU); its outputs are float32 either way.
     """
 
     kind = "base"
@@ -48,6 +49,7 @@ class InferenceModel:
         self.deploy = deploy
         self.fixed_input_hw: tuple[int, int] | None = None
         self.train_img_size: int | None = None
+        self.half = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -58,19 +60,28 @@ class InferenceModel:
 
 
 class TorchInferenceModel(InferenceModel):
-    """A ``models.yolo.Model`` in eval mode. ``model`` is the underlying nn.Module."""
+    """A ``models.yolo.Model`` in eval mode. ``model`` is the underlying nn.Module.
+
+    half_precision: None (float32) or the autocast dtype of --half (utils.device.half_dtype). The
+    weights stay float32; convolutions run in that dtype and Detect decodes the boxes in float32."""
 
     kind = "pytorch"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, model: torch.nn.Module, device: torch.device, half_precision: torch.dtype | None = None
+    ) -> None:
         super().__init__(model.names, int(model.stride.max()), device, bool(getattr(model, "deploy", False)))
         # channels_last: oneDNN's convolutions run faster in NHWC (1.18x at 640, 1.7x at 320 measured on
         # the 2-core CPU for fused repyolov5s), as do cuDNN's tensor-core kernels
         self.model = model.to(memory_format=torch.channels_last)
+        self.half_precision = half_precision
+        self.half = half_precision is not None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.to(self.device, torch.float32, memory_format=torch.channels_last))
+        images = images.to(self.device, torch.float32, memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.half_precision, enabled=self.half):
+            return self.model(images).float()
 
 
 class ArrayInferenceModel(InferenceModel):
@@ -167,10 +178,12 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
 
     kind = "openvino"
 
-    def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int = 0, half: bool = False) -> None:
         import openvino as ov
 
         xml = openvino_xml(path)
+        if half:
+            half_dtype(torch.device("cpu"))  # OpenVINO runs on the CPU: bf16 only where it is native
         metadata_file = xml.parent / "metadata.yaml"
         if not metadata_file.is_file():
             raise WeightsError(
@@ -180,13 +193,16 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         metadata = load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
         try:
             core = ov.Core()
-            compiled = core.compile_model(core.read_model(str(xml)), "CPU", openvino_cpu_config(threads))
+            compiled = core.compile_model(
+                core.read_model(str(xml)), "CPU", openvino_cpu_config(threads, half)
+            )
         except Exception as error:  # OpenVINO raises RuntimeError for unreadable IR
             LOGGER.debug("OpenVINO could not load %s: %s", xml, error)
             raise WeightsError(
                 f"{xml} is corrupt or not an OpenVINO IR; re-export it with convert.py."
             ) from None
         self._attach(compiled, metadata, device, xml)
+        self.half = half
 
     @classmethod
     def from_compiled(
@@ -209,10 +225,11 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         return self.request.infer({0: array})[self.compiled.output(0)].copy()
 
 
-def openvino_cpu_config(threads: int = 0) -> dict:
-    """OpenVINO CPU compile settings: f32 precision (the CPU plugin may otherwise run in bf16 where the
-    processor has it, off by ~1e-3 from PyTorch) and ``threads`` inference threads (0: its default)."""
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+def openvino_cpu_config(threads: int = 0, half: bool = False) -> dict:
+    """OpenVINO CPU compile settings: f32 precision (the CPU plugin would otherwise pick bf16 where the
+    processor has it, off by ~1e-3 from PyTorch), or bf16 with ``half``, and ``threads`` inference
+    threads (0: its default)."""
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if half else "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     return config
@@ -231,12 +248,15 @@ def openvino_xml(path: Path) -> Path:
 
 
 def load_inference_model(
-    weights: str | Path, device: str | torch.device = "cpu", threads: int = 0
+    weights: str | Path, device: str | torch.device = "cpu", threads: int = 0, half: bool = False
 ) -> InferenceModel:
     """Load a .pt checkpoint (training form or fused), an .onnx export or an OpenVINO IR (its folder or
     .xml) for inference.
 
     threads: intra-op threads of onnxruntime / OpenVINO (0: their default); PyTorch uses its global setting.
+    half: yolov5's --half: PyTorch weights in float16 on CUDA or bfloat16 on a CPU that computes it
+    natively, an OpenVINO IR with bf16 inference precision; DeviceError where the device has no fast
+    half precision, WeightsError for an .onnx (onnxruntime runs the graph as exported).
 
     Raises WeightsError (one sentence naming the file and the fix) for anything it cannot load.
     """
@@ -250,14 +270,19 @@ def load_inference_model(
         )
     suffix = path.suffix.lower()
     if path.is_dir() or suffix == ".xml":
-        model = OpenVINOInferenceModel(path, device, threads)
+        model = OpenVINOInferenceModel(path, device, threads, half)
     elif suffix == ".onnx":
+        if half:
+            raise WeightsError(
+                f"--half runs .pt weights and OpenVINO IRs in half precision, but onnxruntime runs {path} "
+                "as exported; drop --half, or pass the fused .pt or its OpenVINO IR (convert.py --openvino)."
+            )
         model = OnnxInferenceModel(path, device, threads)
     elif suffix in (".pt", ".pth"):
         from utils.checkpoint import load_model
 
         network, ckpt = load_model(path, device=device)
-        model = TorchInferenceModel(network, device)
+        model = TorchInferenceModel(network, device, half_dtype(device) if half else None)
         recorded = (ckpt.get("opt") or {}).get("img_size")
         model.train_img_size = int(recorded) if recorded else None
     else:
@@ -265,4 +290,7 @@ def load_inference_model(
             f"weights {path} are not a .pt checkpoint, an .onnx file or an OpenVINO IR; pass one of those."
         )
     LOGGER.debug("loaded %s (%s, %d classes, stride %d)", path, model.kind, model.nc, model.stride)
+    if half:
+        precision = "float16" if device.type == "cuda" and model.kind == "pytorch" else "bfloat16"
+        LOGGER.info(f"--half: {path} runs in {precision}.")
     return model

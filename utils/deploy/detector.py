@@ -26,7 +26,7 @@ from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.data.sources import read_image
 from utils.deploy.backend import InferenceModel, TorchInferenceModel, load_inference_model
 from utils.deploy.detections import Detections, Failure
-from utils.device import select_device, time_sync
+from utils.device import half_dtype, select_device, time_sync
 from utils.errors import ConfigError, ImageError
 from utils.nms import non_max_suppression
 
@@ -78,16 +78,21 @@ class Detector:
     size (int or (h, w); None: the size the model was trained or exported at, else 640), conf (score
     threshold), iou (NMS IoU threshold), classes (keep only these class indices; None: all), agnostic
     (suppress across classes), max_det (boxes per image).
+    half: yolov5's --half, see utils.deploy.backend.load_inference_model (float16 on CUDA, bfloat16 on a
+    CPU that computes it natively; refused elsewhere).
     """
 
-    def __init__(self, weights: str | Path | InferenceModel | torch.nn.Module, device: str = "") -> None:
+    def __init__(
+        self, weights: str | Path | InferenceModel | torch.nn.Module, device: str = "", half: bool = False
+    ) -> None:
         if isinstance(weights, InferenceModel):
             self.model = weights
         elif isinstance(weights, torch.nn.Module):  # e.g. an untrained models.yolo.Model
             torch_device = select_device(device)
-            self.model = TorchInferenceModel(weights.float().eval().to(torch_device), torch_device)
+            dtype = half_dtype(torch_device) if half else None
+            self.model = TorchInferenceModel(weights.float().eval().to(torch_device), torch_device, dtype)
         else:
-            self.model = load_inference_model(weights, device)
+            self.model = load_inference_model(weights, device, half=half)
         self.names = self.model.names
         self.size: int | Sequence[int] | None = None
         self.conf, self.iou, self.max_det = 0.25, 0.45, 1000

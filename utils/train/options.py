@@ -48,6 +48,7 @@ class TrainOptions:
     sync_bn: bool = False
     plots: bool = True  # labels.jpg, train_batch0.jpg, results.png and the final validation plots
     tensorboard: bool = True  # log to TensorBoard when the package is installed (rank 0)
+    amp: bool = True  # mixed precision where fast: float16 on CUDA, bfloat16 on a CPU with it natively
 
     def to_dict(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}

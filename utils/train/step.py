@@ -1,5 +1,6 @@
 """The optimizer step as one object: gradient accumulation (ramped up during warmup), learning-rate and
-momentum warmup, the per-epoch schedule, AMP loss scaling, gradient clipping and the EMA update."""
+momentum warmup, the per-epoch schedule, mixed precision (autocast, float16 loss scaling), gradient
+clipping and the EMA update."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.device import FLOAT32, Precision
 from utils.hyp import Hyp
 from utils.train.ema import ModelEMA
 from utils.train.optim import EpochSchedule, apply_warmup
@@ -22,6 +24,8 @@ class OptimizerStep:
     accumulation continue seamlessly after a resume (pass the resumed ``last_step``).
     loss_scale: multiplies the loss before backward; DDP averages gradients over ranks, so a
     distributed run passes its world size to keep the per-image scale.
+    precision: the forward pass's autocast dtype (utils.device.training_precision); float16 also turns
+    on the GradScaler.
     """
 
     def __init__(
@@ -34,7 +38,7 @@ class OptimizerStep:
         accumulate: int,
         warmup: int,
         ema: ModelEMA | None = None,
-        amp: bool = False,
+        precision: Precision = FLOAT32,
         last_step: int = -1,
         loss_scale: float = 1.0,
     ):
@@ -45,8 +49,8 @@ class OptimizerStep:
             last_step,
             loss_scale,
         )
-        self.device_type = next(model.parameters()).device.type
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=amp)
+        self.device, self.precision = next(model.parameters()).device, precision
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.scaled)
         self.adamw = isinstance(optimizer, torch.optim.AdamW)
         self.lr_factor = schedule.factor(schedule.last_epoch)
 
@@ -55,8 +59,8 @@ class OptimizerStep:
         self.lr_factor = self.schedule.factor(epoch)
 
     def autocast(self) -> torch.autocast:
-        """The forward pass's autocast context (active only with AMP)."""
-        return torch.autocast(device_type=self.device_type, enabled=self.scaler.is_enabled())
+        """The forward pass's autocast context (active only with mixed precision)."""
+        return self.precision.autocast(self.device)
 
     def __call__(self, loss: torch.Tensor, iteration: int) -> bool:
         """Back-propagate ``loss`` of batch ``iteration``; returns whether the optimizer stepped."""

@@ -29,7 +29,7 @@ from utils.data.config import load_data_config
 from utils.data.dataset import create_dataloader
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import TorchInferenceModel
-from utils.device import init_seeds, select_device
+from utils.device import init_seeds, select_device, training_precision
 from utils.errors import CheckpointError, ConfigError
 from utils.evaluation.evaluate import EvaluationResult, evaluate
 from utils.evaluation.metrics import fitness
@@ -274,10 +274,13 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.model, device_ids=ids, output_device=ids[0] if ids else None
             )
+        precision = training_precision(self.device, options.amp)
+        if self.context.is_main:
+            LOGGER.info(f"Precision: {precision.name} ({precision.reason}).")
         self.step = OptimizerStep(
             self.model, optimizer, schedule, hyp, accumulate=accumulate,
             warmup=warmup_iterations(hyp, self.batches, options.epochs), ema=ema,
-            amp=self.device.type == "cuda", last_step=self.start_epoch * self.batches - 1,
+            precision=precision, last_step=self.start_epoch * self.batches - 1,
             loss_scale=self.context.world_size,
         )  # fmt: skip
 
