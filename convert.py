@@ -12,117 +12,82 @@ as ``best_fused.pt`` beside the input (``deploy: True``: loading builds the fuse
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import onnx as onnx_lib
+import torch
+from torch import nn
 
-from utils.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.checkpoint import load_checkpoint
+from utils.cli import device_option, option, parse_options, script_main
 from utils.data.config import load_data_config
-from utils.data.preprocess import check_img_size
-from utils.deploy.backend import load_inference_model
-from utils.deploy.export import (
-    MAX_ONNX_RELATIVE_ERROR,
-    compare_with_model,
-    export_and_check,
-    export_openvino,
-    openvino_folder,
-    read_metadata,
-    write_openvino_metadata,
-)
 from utils.deploy.fuse import (
-    MAX_RELATIVE_ERROR,
+    FusionResult,
     format_report,
-    fuse_and_verify,
+    fuse,
     fusion_report,
+    load_fused,
+    save_fused,
     training_img_size,
-    verification_input,
 )
-from utils.deploy.partial_quantization import map_scorer, quantize_onnx_bounded, quantize_openvino_bounded
-from utils.deploy.quantize import (
-    DEFAULT_CALIBRATION_IMAGES,
-    calibration_files,
-    decode_tail_nodes,
-    quantize_onnx,
-    quantize_openvino,
-)
-from utils.deploy.validation import validation_loader
+from utils.deploy.pipeline import Int8Plan, OnnxSettings, write_int8, write_onnx, write_openvino
+from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_files
 from utils.device import select_device
-from utils.errors import USER_ERRORS, CheckpointError, ConfigError, ConversionError, DataError
-from utils.log import setup_logging
+from utils.errors import CheckpointError, ConfigError, ConversionError, DataError
 
 LOGGER = logging.getLogger(__name__)
-# Checkpoint keys that describe the run and stay useful beside the fused weights.
-CARRIED_KEYS = ("epoch", "best_fitness", "date", "hyp", "opt", "data", "results")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class ConvertOptions:
+    """What convert.py's flags set (utils.cli.option)."""
+
+    weights: str | Path = option(
+        None, "training-form checkpoint, e.g. best.pt (or a yolov5 .pt)", required=True
     )
-    parser.add_argument(
-        "--weights", required=True, help="training-form checkpoint, e.g. best.pt (or a yolov5 .pt)"
-    )
-    parser.add_argument(
-        "--output", default=None, help="fused checkpoint path (default: <stem>_fused.pt beside it)"
-    )
-    parser.add_argument(
-        "--img",
-        "--img-size",
-        dest="img_size",
-        type=int,
-        default=None,
-        help="verification and ONNX input size (default: the training image size, else 640)",
-    )
-    parser.add_argument("--onnx", action="store_true", help="also export <output stem>.onnx and check it")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    parser.add_argument("--dynamic", action="store_true", help="ONNX with dynamic batch, height and width")
-    parser.add_argument(
-        "--openvino",
-        action="store_true",
-        help="also write an OpenVINO IR, <stem>_openvino_model/ (implies --onnx)",
-    )
-    parser.add_argument(
-        "--int8",
-        action="store_true",
-        help="also write INT8 models: <stem>_int8.onnx (ONNX Runtime) and, with --openvino, "
+    output: str | Path | None = option(None, "fused checkpoint path (default: <stem>_fused.pt beside it)")
+    img_size: int | None = option(
+        None, "verification and ONNX input size (default: the training image size, else 640)",
+        "--img", "--img-size", type=int,
+    )  # fmt: skip
+    onnx: bool = option(False, "also export <output stem>.onnx and check it")
+    opset: int = option(17, "ONNX opset")
+    dynamic: bool = option(False, "ONNX with dynamic batch, height and width")
+    openvino: bool = option(False, "also write an OpenVINO IR, <stem>_openvino_model/ (implies --onnx)")
+    int8: bool = option(
+        False, "also write INT8 models: <stem>_int8.onnx (ONNX Runtime) and, with --openvino, "
         "<stem>_int8_openvino_model/ (NNCF); implies --onnx",
-    )
-    parser.add_argument(
-        "--calib",
-        type=int,
-        default=DEFAULT_CALIBRATION_IMAGES,
-        help="INT8 calibration images (default %(default)s)",
-    )
-    parser.add_argument(
-        "--calib-data",
-        default=None,
-        help="calibration images: a dataset YAML (its train split), a folder or a .txt list "
+    )  # fmt: skip
+    calib: int = option(DEFAULT_CALIBRATION_IMAGES, "INT8 calibration images (default %(default)s)")
+    calib_data: str | Path | None = option(
+        None, "calibration images: a dataset YAML (its train split), a folder or a .txt list "
         "(default: the checkpoint's training split)",
+    )  # fmt: skip
+    max_drop: float | None = option(
+        None, "with --int8: keep the most sensitive layers float until the INT8 mAP50-95 on the validation "
+        "split is within this many points of the float model's", type=float,
+    )  # fmt: skip
+    data: str | Path | None = option(
+        None, "dataset YAML whose val split --max-drop measures (default: the checkpoint's dataset)"
     )
-    parser.add_argument(
-        "--max-drop",
-        type=float,
-        default=None,
-        help="with --int8: keep the most sensitive layers float until the INT8 mAP50-95 on the validation "
-        "split is within this many points of the float model's",
-    )
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="dataset YAML whose val split --max-drop measures (default: the checkpoint's dataset)",
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or a CUDA index such as 0")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per model for the latency rows")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for the latency rows, PyTorch and ORT alike (0: defaults)",
-    )
-    return parser.parse_args(argv)
+    device: str = device_option("cpu", "cpu or a CUDA index such as 0")
+    runs: int = option(10, "timed runs per model for the latency rows")
+    threads: int = option(0, "CPU threads for the latency rows, PyTorch and ORT alike (0: defaults)")
+
+    @property
+    def exports_onnx(self) -> bool:
+        return self.onnx or self.openvino or self.int8
+
+    def onnx_settings(self) -> OnnxSettings:
+        return OnnxSettings(self.opset, self.dynamic, self.runs, self.threads)
+
+
+def parse_args(argv: list[str] | None = None) -> ConvertOptions:
+    return parse_options(ConvertOptions, argv, __doc__)
 
 
 def default_output(weights: Path) -> Path:
@@ -150,77 +115,54 @@ def check_output(output: Path, weights: Path) -> None:
         LOGGER.warning("Replacing the earlier fused checkpoint %s.", output)
 
 
-def run(
-    weights: str | Path,
-    output: str | Path | None = None,
-    img_size: int | None = None,
-    onnx: bool = False,
-    opset: int = 17,
-    dynamic: bool = False,
-    device: str = "cpu",
-    runs: int = 10,
-    threads: int = 0,
-    openvino: bool = False,
-    int8: bool = False,
-    calib: int = DEFAULT_CALIBRATION_IMAGES,
-    calib_data: str | Path | None = None,
-    max_drop: float | None = None,
-    data: str | Path | None = None,
-) -> dict:
+def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
     """Convert ``weights``; returns the report as a dict (also printed). Raises ConversionError.
 
+    ``weights`` and the other ConvertOptions fields as keywords (``values``), or a whole ConvertOptions.
     runs: timed calls per model for the latency rows; threads: CPU threads while timing (0: defaults).
     """
-    weights = Path(weights)
-    device = select_device(device)
+    options = weights if isinstance(weights, ConvertOptions) else ConvertOptions(weights, **values)
+    weights = Path(options.weights)
+    device = select_device(options.device)
     ckpt = load_checkpoint(weights)
-    img_size = img_size or training_img_size(ckpt)
-    onnx = onnx or openvino or int8
-    calibration = calibration_files(ckpt, calib_data, calib) if int8 else []  # fail before any work
-    validation = validation_config(ckpt, data, max_drop, int8)
+    img_size = options.img_size or training_img_size(ckpt)
+    plan = int8_plan(ckpt, options)  # bad INT8 arguments fail before any work
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}
-        if onnx:
-            model = model_from_checkpoint(ckpt).to(device).float().eval()
-            img_size = check_img_size(img_size, int(model.stride.max()))
-            images = verification_input(ckpt, img_size, device)[0]
-            report["onnx"] = export_and_check(
-                model, weights.with_suffix(".onnx"), images, opset, dynamic, runs, threads
-            )
-            report["runtimes"], report["bounded"] = export_runtimes(
-                model, weights.with_suffix(".onnx"), images, openvino, calibration, validation, max_drop
-            )
-        return report
-    output = Path(output) if output else default_output(weights)
-    check_output(output, weights)
-    result = fuse_and_verify(ckpt, img_size, device)
-    img_size = result["img_size"]
-    if not result["rel"] <= MAX_RELATIVE_ERROR:
-        raise ConversionError(
-            f"fused model of {weights} differs from the training form by relative error {result['rel']:.3g} "
-            f"(limit {MAX_RELATIVE_ERROR:g}) on {result['input']}; not saved — check the checkpoint's BN "
-            f"statistics for NaN/inf or report the model config."
-        )
-    carried = {key: ckpt[key] for key in CARRIED_KEYS if key in ckpt}
+        if not options.exports_onnx:
+            return report
+        model, images = load_fused(ckpt, img_size, device)
+        onnx_path = weights.with_suffix(".onnx")
+    else:
+        output = Path(options.output) if options.output else default_output(weights)
+        check_output(output, weights)
+        result = fuse(ckpt, img_size, device)
+        save(result, ckpt, weights, output)
+        report = fusion_report(result, weights, output, options.runs, options.threads)
+        print(format_report(report))
+        print(f"Saved the fused checkpoint to {output}")
+        model, images, onnx_path = result.fused, result.images, output.with_suffix(".onnx")
+    if options.exports_onnx:
+        report.update(export(model, onnx_path, images, options, plan))
+    return report
+
+
+def save(result: FusionResult, ckpt: dict, weights: Path, output: Path) -> None:
     try:
-        save_checkpoint(make_checkpoint(result["fused"], **carried, converted_from=str(weights)), output)
+        save_fused(result, ckpt, weights, output)
     except OSError as error:
         raise ConversionError(
             f"cannot write {output} ({error.strerror or error}); pass an --output in a writable folder."
         ) from None
-    report = fusion_report(result, weights, output, img_size, runs, threads)
-    print(format_report(report))
-    print(f"Saved the fused checkpoint to {output}")
-    if onnx:
-        onnx_path = output.with_suffix(".onnx")
-        report["onnx"] = export_and_check(
-            result["fused"], onnx_path, result["images"], opset, dynamic, runs, threads
-        )
-        report["runtimes"], report["bounded"] = export_runtimes(
-            result["fused"], onnx_path, result["images"], openvino, calibration, validation, max_drop
-        )
-    return report
+
+
+def int8_plan(ckpt: dict, options: ConvertOptions) -> Int8Plan | None:
+    """What --int8 calibrates on and, with --max-drop, the validation split it is scored on; None without
+    --int8. Raises ConfigError / DataError (one sentence) before any work."""
+    calibration = calibration_files(ckpt, options.calib_data, options.calib) if options.int8 else []
+    validation = validation_config(ckpt, options.data, options.max_drop, options.int8)
+    return Int8Plan(calibration, validation, options.max_drop) if options.int8 else None
 
 
 def validation_config(ckpt: dict, data: str | Path | None, max_drop: float | None, int8: bool) -> dict | None:
@@ -245,72 +187,36 @@ def validation_config(ckpt: dict, data: str | Path | None, max_drop: float | Non
     return config
 
 
-def export_runtimes(
-    model,
-    onnx_path: Path,
-    images,
-    openvino: bool,
-    calibration: list[str],
-    validation: dict | None = None,
-    max_drop: float | None = None,
-) -> tuple[dict, dict]:
-    """The OpenVINO IR and the INT8 models beside ``onnx_path``, each checked against PyTorch on
-    ``images``; with ``max_drop`` the INT8 models keep layers float until their mAP50-95 on
-    ``validation``'s val split is within ``max_drop`` points of the float model's. Returns ({artefact
-    path: its comparison}, {runtime: the bounded-drop result}, empty without ``max_drop``)."""
-    img_size = int(images.shape[-1])
-    written = {}
-    if openvino:
-        xml = export_openvino(onnx_path)
-        written[str(xml.parent)] = compare_with_model(model, xml.parent, images, MAX_ONNX_RELATIVE_ERROR)
-    if not calibration:
-        return written, {}
-    int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
-    fp32 = onnx_lib.load(str(onnx_path))
-    kept = decode_tail_nodes(fp32)
-    LOGGER.info(
-        "INT8: calibrated on %d images; %d nodes of the head (its last convolutions and the box decode "
-        "after them) stay float: %s",
-        len(calibration),
-        len(kept),
-        ", ".join(kept),
-    )
+def export(
+    model: nn.Module, onnx_path: Path, images: torch.Tensor, options: ConvertOptions, plan: Int8Plan | None
+) -> dict:
+    """The exports of the fused ``model``, each checked on ``images`` and printed: the ONNX graph at
+    ``onnx_path``, then with --openvino its IR, with --int8 the INT8 models. Returns the report's "onnx",
+    "runtimes" ({artefact path: its check}) and "bounded" ({runtime: what --max-drop kept float})."""
+    checked = write_onnx(model, onnx_path, images, options.onnx_settings())
+    print(checked.describe())
+    runtimes = []
+    if options.openvino:
+        runtimes.append(write_openvino(model, onnx_path, images))
+        print(runtimes[-1].describe())
     bounded = {}
-    if validation is None:
-        quantize_onnx(onnx_path, int8_onnx, calibration, img_size)
-    else:
-        predictor = load_inference_model(onnx_path)  # static: the square letterboxes val.py uses for it
-        batches = list(validation_loader(validation, "val", img_size, 32, 0, predictor))
-        score = map_scorer(list(validation["names"]))
-        bounded["onnx"] = quantize_onnx_bounded(
-            onnx_path, int8_onnx, calibration, img_size, batches, score, max_drop
-        )
-        LOGGER.info(bounded["onnx"].describe())
-    written[str(int8_onnx)] = compare_with_model(model, int8_onnx, images, None)
-    if openvino:
-        int8_dir = openvino_folder(int8_onnx)
-        int8_xml = int8_dir / f"{int8_onnx.stem}.xml"
-        metadata = read_metadata(fp32)  # the INT8 graph carries the FP32 file's metadata (quantize_onnx)
-        if validation is None:
-            quantize_openvino(xml, int8_xml, calibration, img_size, kept)
-        else:
-            bounded["openvino"] = quantize_openvino_bounded(
-                xml, int8_xml, calibration, img_size, kept, batches, score, metadata, max_drop
-            )
-            LOGGER.info(bounded["openvino"].describe())
-        write_openvino_metadata(int8_dir, metadata)
-        written[str(int8_dir)] = compare_with_model(model, int8_dir, images, None)
-    return written, {runtime: vars(result) | {"drop": result.drop} for runtime, result in bounded.items()}
+    if plan is not None:
+        quantized = write_int8(model, onnx_path, images, plan, options.openvino)
+        print(quantized.describe())
+        runtimes += quantized.checks
+        bounded = {runtime: dataclasses.asdict(result) | {"drop": result.drop}
+                   for runtime, result in quantized.bounded.items()}  # fmt: skip
+    return {
+        "onnx": dataclasses.asdict(checked),
+        "runtimes": {check.path: dataclasses.asdict(check) for check in runtimes},
+        "bounded": bounded,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    args = parse_args(argv)
-    try:
-        run(**vars(args))
-    except USER_ERRORS as error:
-        LOGGER.error(f"convert.py: {error}")
-        sys.exit(2)
+    status, _ = script_main("convert.py", run, parse_args(argv))
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

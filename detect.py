@@ -3,7 +3,8 @@
     python detect.py --weights best_fused.pt --source data/images/
     python detect.py --weights best_fused.onnx --source "clips/*.mp4" --conf-thres 0.4
 
-Weights may be a training-form or fused .pt checkpoint, or an .onnx export (onnxruntime).
+Weights may be a training-form or fused .pt checkpoint (ours or yolov5's), an .onnx export (onnxruntime)
+or an OpenVINO IR (its folder or .xml).
 Annotated images (and videos) go to runs/detect/exp; --save-txt adds YOLO label files
 (class cx cy w h [conf], normalized to the original image) in labels/. Sources from several folders
 keep their folders below the common one, so same-named files stay apart. A file that cannot be read or
@@ -12,108 +13,96 @@ processed is named in a warning and the others are still processed.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from utils.cli import (
+    build_parser,
+    device_option,
+    exist_ok_option,
+    half_option,
+    name_option,
+    option,
+    project_option,
+    script_main,
+)
 from utils.data.sources import LoadSources, SourceItem
 from utils.deploy.detections import describe
 from utils.deploy.detector import Detector
 from utils.deploy.writer import DetectionWriter, OutputOptions
-from utils.errors import USER_ERRORS, DataError
-from utils.log import setup_logging
+from utils.errors import DataError
 from utils.paths import increment_path
 
 LOGGER = logging.getLogger(__name__)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help=".pt checkpoint (ours, either form, or yolov5's), .onnx or OpenVINO IR",
-    )
-    parser.add_argument("--source", default="data/images", help="image, folder, glob, .txt list or video")
-    parser.add_argument(
-        "--img",
-        "--img-size",
-        dest="img_size",
-        nargs="+",
-        type=int,
-        default=None,
-        help="h [w] (default: the size the model was trained or exported at, else 640)",
-    )
-    parser.add_argument("--conf-thres", type=float, default=0.25)
-    parser.add_argument("--iou-thres", type=float, default=0.45)
-    parser.add_argument("--max-det", type=int, default=1000)
-    parser.add_argument("--classes", nargs="+", type=int, default=None, help="keep only these class indices")
-    parser.add_argument("--agnostic-nms", action="store_true", help="suppress across classes")
-    parser.add_argument(
-        "--device", default="", help="cpu or a CUDA index such as 0 (default: cuda if present)"
-    )
-    parser.add_argument(
-        "--half",
-        action="store_true",
-        help="half-precision inference: float16 on CUDA, bfloat16 on a CPU that computes it natively",
-    )
-    parser.add_argument("--save-txt", action="store_true", help="write YOLO label files to labels/")
-    parser.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt rows")
-    parser.add_argument("--save-crop", action="store_true", help="write each box's crop to crops/<class>/")
-    parser.add_argument("--nosave", action="store_true", help="do not write annotated images or videos")
-    parser.add_argument("--project", default="runs/detect")
-    parser.add_argument("--name", default="exp")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
-    parser.add_argument("--line-thickness", type=int, default=3)
-    parser.add_argument("--hide-labels", action="store_true")
-    parser.add_argument("--hide-conf", action="store_true")
+@dataclass
+class DetectOptions:
+    """What detect.py's flags set (utils.cli.option)."""
+
+    weights: str | Path = option("", ".pt checkpoint (ours, either form, or yolov5's), .onnx or OpenVINO IR",
+                                 required=True)  # fmt: skip
+    source: str | Path = option("data/images", "image, folder, glob, .txt list or video")
+    img_size: int | list[int] | None = option(
+        None, "h [w] (default: the size the model was trained or exported at, else 640)",
+        "--img", "--img-size", nargs="+", type=int,
+    )  # fmt: skip
+    conf_thres: float = option(0.25, None)
+    iou_thres: float = option(0.45, None)
+    max_det: int = option(1000, None)
+    classes: list[int] | None = option(None, "keep only these class indices", nargs="+", type=int)
+    agnostic_nms: bool = option(False, "suppress across classes")
+    device: str = device_option(help="cpu or a CUDA index such as 0 (default: cuda if present)")
+    half: bool = half_option()
+    save_txt: bool = option(False, "write YOLO label files to labels/")
+    save_conf: bool = option(False, "add the confidence to --save-txt rows")
+    save_crop: bool = option(False, "write each box's crop to crops/<class>/")
+    nosave: bool = option(False, "do not write annotated images or videos")
+    project: str | Path = project_option("runs/detect")
+    name: str = name_option()
+    exist_ok: bool = exist_ok_option()
+    line_thickness: int = option(3, None)
+    hide_labels: bool = option(False, None)
+    hide_conf: bool = option(False, None)
+
+    def outputs(self) -> OutputOptions:
+        return OutputOptions(self.save_txt, self.save_conf, self.save_crop, self.nosave, self.line_thickness,
+                             self.hide_labels, self.hide_conf)  # fmt: skip
+
+    def detector(self) -> Detector:
+        """A Detector with these weights, device, precision and settings."""
+        detector = Detector(self.weights, self.device, half=self.half)
+        detector.size, detector.classes, detector.agnostic = self.img_size, self.classes, self.agnostic_nms
+        detector.conf, detector.iou, detector.max_det = self.conf_thres, self.iou_thres, self.max_det
+        detector.check_classes(self.classes)
+        return detector
+
+
+def parse_args(argv: list[str] | None = None) -> DetectOptions:
+    parser = build_parser(DetectOptions, __doc__)
     args = parser.parse_args(argv)
     if args.img_size is not None and len(args.img_size) > 2:
         parser.error("--img takes one size or two (height width)")
-    return args
+    return DetectOptions(**vars(args))
 
 
-def run(
-    weights: str | Path,
-    source: str | Path = "data/images",
-    img_size: int | list[int] | None = None,
-    conf_thres: float = 0.25,
-    iou_thres: float = 0.45,
-    max_det: int = 1000,
-    classes: list[int] | None = None,
-    agnostic_nms: bool = False,
-    device: str = "",
-    half: bool = False,
-    save_txt: bool = False,
-    save_conf: bool = False,
-    save_crop: bool = False,
-    nosave: bool = False,
-    project: str | Path = "runs/detect",
-    name: str = "exp",
-    exist_ok: bool = False,
-    line_thickness: int = 3,
-    hide_labels: bool = False,
-    hide_conf: bool = False,
-) -> list[dict]:
+def run(weights: str | Path | DetectOptions, source: str | Path = "data/images", **values) -> list[dict]:
     """Detect on every image / frame of ``source`` with ``utils.deploy.detector.Detector``.
 
     Returns one dict per image or frame: "path", "frame" (None for images), "shape" (h, w) of the
     original, "detections" np.ndarray (n, 6) x1, y1, x2, y2 (original pixels), score, class.
+    ``weights`` and ``source`` (and the other DetectOptions fields as ``values``), or a whole DetectOptions.
     """
-    detector = Detector(weights, device, half=half)
-    detector.size, detector.classes, detector.agnostic = img_size, classes, agnostic_nms
-    detector.conf, detector.iou, detector.max_det = conf_thres, iou_thres, max_det
-    detector.check_classes(classes)
+    options = weights if isinstance(weights, DetectOptions) else DetectOptions(weights, source, **values)
+    detector = options.detector()
     img_hw = detector.input_hw()
-    sources = LoadSources(source)
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-    options = OutputOptions(save_txt, save_conf, save_crop, nosave, line_thickness, hide_labels, hide_conf)
-    writer = DetectionWriter(save_dir, sources.files, detector.names, options)
+    sources = LoadSources(options.source)
+    save_dir = increment_path(Path(options.project) / options.name, exist_ok=options.exist_ok)
+    writer = DetectionWriter(save_dir, sources.files, detector.names, options.outputs())
     detector.warmup()
     results, totals, failed = [], np.zeros(3), []
     try:
@@ -143,7 +132,9 @@ def run(
             LOGGER.info("%s %s: %s %s, %.1fms", where(item), item.path, shape, description, found.t[1])
     finally:
         writer.close()
-    _report(results, totals, img_hw, sources, failed, save_dir, writer.label_files if save_txt else None)
+    _report(
+        results, totals, img_hw, sources, failed, save_dir, writer.label_files if options.save_txt else None
+    )
     return results
 
 
@@ -176,13 +167,9 @@ def _report(results, totals, img_hw, sources: LoadSources, failed, save_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> None:
-    setup_logging()
-    args = parse_args(argv)
-    try:
-        run(**vars(args))
-    except USER_ERRORS as error:
-        LOGGER.error(f"detect.py: {error}")
-        sys.exit(2)
+    status, _ = script_main("detect.py", run, parse_args(argv))
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -10,24 +10,35 @@ itself is ``utils.evaluation.evaluate``, which training calls too.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from utils.cli import (
+    device_option,
+    exist_ok_option,
+    half_option,
+    name_option,
+    option,
+    parse_options,
+    project_option,
+    script_main,
+)
 from utils.coco import coco_category_ids, coco_records, evaluate_coco_json, find_annotation_json, image_id_for
 from utils.data.config import bundled_defaults, load_data_config
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
-from utils.deploy.backend import InferenceModel, load_inference_model
-from utils.deploy.validation import validation_loader
-from utils.errors import USER_ERRORS, ConfigError, DataError
-from utils.evaluation.evaluate import evaluate
-from utils.log import setup_logging
+from utils.deploy.backend import load_inference_model
+from utils.errors import ConfigError, DataError
+from utils.evaluation.evaluate import Thresholds, evaluate
+from utils.evaluation.loader import validation_loader
+from utils.inference import InferenceModel
 from utils.paths import increment_path
 
 LOGGER = logging.getLogger(__name__)
@@ -45,70 +56,89 @@ def default_img_size(
     return int(bundled_defaults(data_config, named=data_given).get("img_size", 640))
 
 
-def run(
-    data: str | Path | None = None,
-    weights: str | Path = "",
-    img_size: int | None = None,
-    batch_size: int = 32,
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.6,
-    max_det: int = 300,
-    task: str = "val",
-    device: str = "",
-    half: bool = False,
-    workers: int = 2,
-    save_json: bool = False,
-    save_txt: bool = False,
-    verbose: bool = False,
-    project: str | Path = "runs/val",
-    name: str = "exp",
-    exist_ok: bool = False,
-    plots: bool = True,
-    model: InferenceModel | None = None,
-    save_dir: str | Path | None = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Validate the model in ``weights`` (.pt either form, or .onnx), or an already loaded ``model``, on
-    the ``task`` split of ``data`` (None: the bundled dataset). Writes metrics.json, the plots and the
-    optional txt/JSON outputs to ``save_dir`` (default: a new run folder project/name{N}); returns the
-    metrics.json content (plus "coco_eval" when pycocotools ran)."""
-    if task not in ("val", "test", "speed"):
-        raise ConfigError(f"task must be val, test or speed, not {task!r}.")
-    if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size} must be at least 1.")
-    if img_size is not None and (not isinstance(img_size, int) or img_size < 1):
-        raise ConfigError(f"image size {img_size} is not usable; give a positive whole number such as 640.")
-    speed_only = task == "speed"
-    if speed_only:  # yolov5's speed protocol: batch 1 at the deployment thresholds
-        batch_size, conf_thres, iou_thres, save_json, plots = 1, 0.25, 0.45, False, False
-    predictor = model if model is not None else load_inference_model(weights, device, half=half)
-    data_config = load_data_config(data)
-    if data_config["nc"] != predictor.nc:
+@dataclass
+class ValOptions:
+    """What val.py's flags set (utils.cli.option), and what only Python callers set."""
+
+    weights: str | Path = option("", "checkpoint .pt (ours, either form, or yolov5's), .onnx or OpenVINO IR",
+                                 required=True)  # fmt: skip
+    data: str | Path | None = option(None, "dataset YAML (default: the bundled synthetic dataset)")
+    img_size: int | None = option(
+        None, "inference size in pixels (default 640, or the bundled dataset's size without --data)",
+        "--img", "--img-size", type=int,
+    )  # fmt: skip
+    batch_size: int = option(32, None)
+    conf_thres: float = option(0.001, None)
+    iou_thres: float = option(0.6, "NMS IoU threshold")
+    max_det: int = option(300, "maximum detections per image")
+    task: str = option("val", None, choices=("val", "test", "speed"))
+    device: str = device_option(help="cpu, 0, 0,1 ... (default: GPU 0 when available)")
+    half: bool = half_option()
+    workers: int = option(2, "dataloader worker processes")
+    save_json: bool = option(False, "write COCO-format predictions.json")
+    save_txt: bool = option(False, "write YOLO-format predictions to labels/")
+    verbose: bool = option(False, "print mAP per class")
+    project: str | Path = project_option("runs/val")
+    name: str = name_option()
+    exist_ok: bool = exist_ok_option()
+    plots: bool = True  # PR / F1 curves and the confusion matrix
+    save_dir: str | Path | None = None  # default: a new run folder project/name{N}
+    quiet: bool = False  # no progress bar and no table
+
+    def check(self) -> ValOptions:
+        """One sentence naming the first value that cannot work; the speed task's own settings applied."""
+        if self.task not in ("val", "test", "speed"):
+            raise ConfigError(f"task must be val, test or speed, not {self.task!r}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size {self.batch_size} must be at least 1.")
+        if self.img_size is not None and (not isinstance(self.img_size, int) or self.img_size < 1):
+            raise ConfigError(
+                f"image size {self.img_size} is not usable; give a positive whole number such as 640."
+            )
+        if self.task != "speed":
+            return self
+        # yolov5's speed protocol: batch 1 at the deployment thresholds
+        speed = dict(batch_size=1, conf_thres=0.25, iou_thres=0.45, save_json=False, plots=False)
+        return dataclasses.replace(self, **speed)
+
+
+def run(options: ValOptions | None = None, model: InferenceModel | None = None, **values) -> dict[str, Any]:
+    """Validate the model in ``options.weights`` (.pt either form, .onnx or an OpenVINO IR), or an already
+    loaded ``model``, on the ``task`` split of ``data`` (None: the bundled dataset). ``values``: the
+    ValOptions fields, when no ``options`` is given. Writes metrics.json, the plots and the optional
+    txt/JSON outputs to ``save_dir``; returns the metrics.json content (plus "coco_eval" when pycocotools
+    ran)."""
+    options = (options or ValOptions(**values)).check()
+    if model is None:
+        model = load_inference_model(options.weights, options.device, half=options.half)
+    data_config = load_data_config(options.data)
+    if data_config["nc"] != model.nc:
         raise DataError(
-            f"{weights or 'the model'} predicts {predictor.nc} classes but {data_config['yaml_file']} has "
-            f"nc={data_config['nc']}; validate on the dataset the model was trained on."
+            f"{options.weights or 'the model'} predicts {model.nc} classes but {data_config['yaml_file']} "
+            f"has nc={data_config['nc']}; validate on the dataset the model was trained on."
         )
-    img_size = default_img_size(img_size, data is not None, data_config, predictor.fixed_input_hw)
-    img_size = check_img_size(img_size, predictor.stride)
-    loader = validation_loader(data_config, task, img_size, batch_size, workers, predictor)
-    predictor.warmup((img_size, img_size))
-    save_dir = Path(save_dir) if save_dir is not None else increment_path(Path(project) / name, exist_ok)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    outputs = _Outputs(save_dir, save_txt, save_json, coco_category_ids(data_config, predictor.nc))
-    names = list(data_config["names"])
-    thresholds = dict(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det)
-    result = evaluate(
-        predictor, loader, names, **thresholds, speed_only=speed_only, quiet=quiet, on_image=outputs
+    size = default_img_size(options.img_size, options.data is not None, data_config, model.fixed_input_hw)
+    size = check_img_size(size, model.stride)
+    loader = validation_loader(data_config, options.task, size, options.batch_size, options.workers, model)
+    model.warmup((size, size))
+    save_dir = Path(
+        options.save_dir or increment_path(Path(options.project) / options.name, options.exist_ok)
     )
-    if not quiet:
-        result.log(verbose)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    category_ids = coco_category_ids(data_config, model.nc)
+    outputs = _Outputs(save_dir, options.save_txt, options.save_json, category_ids)
+    thresholds = Thresholds(options.conf_thres, options.iou_thres, options.max_det)
+    speed_only, names = options.task == "speed", list(data_config["names"])
+    result = evaluate(model, loader, names, thresholds, speed_only, options.quiet, on_image=outputs)
+    if not options.quiet:
+        result.log(options.verbose)
     results = result.to_dict()
-    if save_json:
-        coco_stats = outputs.write_json(find_annotation_json(data_config), quiet)
+    if options.save_json:
+        coco_stats = outputs.write_json(find_annotation_json(data_config), options.quiet)
         if coco_stats is not None:
             results["coco_eval"] = coco_stats
-    result.save(save_dir, plots, content=results)
-    if not quiet:
+    result.save(save_dir, options.plots, content=results)
+    if not options.quiet:
         LOGGER.info("Results saved to %s", save_dir)
     return results
 
@@ -141,45 +171,15 @@ class _Outputs:
         return evaluate_coco_json(annotation_json, json_file, self.image_ids, quiet)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="checkpoint .pt (ours, either form, or yolov5's), .onnx or OpenVINO IR",
-    )
-    parser.add_argument("--data", default=None, help="dataset YAML (default: the bundled synthetic dataset)")
-    img_help = "inference size in pixels (default 640, or the bundled dataset's size without --data)"
-    parser.add_argument("--img", "--img-size", dest="img_size", type=int, default=None, help=img_help)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--conf-thres", type=float, default=0.001)
-    parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
-    parser.add_argument("--task", default="val", choices=("val", "test", "speed"))
-    parser.add_argument("--device", default="", help="cpu, 0, 0,1 ... (default: GPU 0 when available)")
-    parser.add_argument(
-        "--half",
-        action="store_true",
-        help="half-precision inference: float16 on CUDA, bfloat16 on a CPU that computes it natively",
-    )
-    parser.add_argument("--workers", type=int, default=2, help="dataloader worker processes")
-    parser.add_argument("--save-json", action="store_true", help="write COCO-format predictions.json")
-    parser.add_argument("--save-txt", action="store_true", help="write YOLO-format predictions to labels/")
-    parser.add_argument("--verbose", action="store_true", help="print mAP per class")
-    parser.add_argument("--project", default="runs/val")
-    parser.add_argument("--name", default="exp")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
-    return parser.parse_args(argv)
+def parse_args(argv: Sequence[str] | None = None) -> ValOptions:
+    return parse_options(ValOptions, argv, __doc__.split("\n\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    setup_logging()
-    args = parse_args(argv)
-    try:
-        return run(**vars(args))
-    except USER_ERRORS as error:
-        LOGGER.error(f"val.py: {error}")
-        sys.exit(2)
+    status, results = script_main("val.py", run, parse_args(argv))
+    if status:
+        sys.exit(status)
+    return results
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from utils.data.config import load_data_config
-from utils.data.dataset import create_dataloader
+from utils.data.dataset import LoaderConfig, create_dataloader
 from utils.data.synthetic import generate_dataset
 from utils.hyp import load_hyp
 
@@ -97,16 +97,16 @@ def run(args: argparse.Namespace) -> dict:
         image_dir = root / "images" / "train"
         ours, theirs = [], []
         for _ in range(args.repeats):  # a fresh loader each round, shut down before the next one starts
-            loader, _ = create_dataloader(
-                image_dir,
-                args.img_size,
-                args.batch_size,
+            config = LoaderConfig(
+                img_size=args.img_size,
+                batch_size=args.batch_size,
                 hyp=load_hyp(HYP_FILE),
                 augment=True,
                 workers=args.workers,
                 shuffle=True,
                 nc=5,
             )
+            loader, _ = create_dataloader(image_dir, config)
             ours.append(time_loader(loader, args.batches))
             del loader
             loader = None if args.no_yolov5 else yolov5_loader(image_dir, args)
@@ -162,10 +162,11 @@ def run_cache(args: argparse.Namespace) -> dict:
         rates: dict[str, list[float]] = {"none": [], args.cache: []}
         for _ in range(args.repeats):
             for cache in rates:
-                loader, _ = create_dataloader(
-                    image_dir, args.img_size, args.batch_size, hyp=load_hyp(HYP_FILE), augment=True,
+                config = LoaderConfig(
+                    img_size=args.img_size, batch_size=args.batch_size, hyp=load_hyp(HYP_FILE), augment=True,
                     workers=args.workers, shuffle=True, nc=5, cache=None if cache == "none" else cache,
                 )  # fmt: skip
+                loader, _ = create_dataloader(image_dir, config)
                 time_epoch(loader)
                 rates[cache].append(time_epoch(loader))
                 del loader

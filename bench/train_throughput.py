@@ -28,14 +28,14 @@ import torch
 
 from models.yolo import Model
 from utils.data.config import image_files_from_sources, load_data_config
-from utils.data.dataset import create_dataloader
+from utils.data.dataset import LoaderConfig, create_dataloader
 from utils.device import FLOAT32, Precision, select_device, time_sync, training_precision
 from utils.hyp import Hyp, load_hyp
 from utils.train.ema import ModelEMA
 from utils.train.epoch import train_one_epoch, train_step
 from utils.train.loss import YoloLoss
 from utils.train.optim import EpochSchedule, build_optimizer
-from utils.train.step import OptimizerStep
+from utils.train.step import OptimizerStep, StepPlan
 from utils.train.trainer import scale_loss_gains
 
 MODELS = ("repyolov5s.yaml", "yolov5s.yaml")
@@ -51,9 +51,7 @@ class Trainee:
         optimizer = build_optimizer(self.model, "SGD", lr=0.001, momentum=hyp.momentum)
         schedule = EpochSchedule(optimizer, epochs=1, lrf=hyp.lrf)
         ema = ModelEMA(self.model)
-        self.step = OptimizerStep(
-            self.model, optimizer, schedule, hyp, accumulate=1, warmup=0, ema=ema, precision=precision
-        )
+        self.step = OptimizerStep(self.model, optimizer, schedule, hyp, StepPlan(), ema, precision)
         self.iteration = 0
 
     def steps(self, images: torch.Tensor, targets: torch.Tensor, count: int) -> None:
@@ -142,14 +140,16 @@ def run(img_size=320, batch_size=8, steps=5, epoch_images=48, rounds=3, workers=
         subset.write_text("\n".join(image_files_from_sources(data["train"])[:epoch_images]) + "\n")
         loader, _ = create_dataloader(
             str(subset),
-            img_size,
-            batch_size,
-            32,
-            hyp,
-            augment=True,
-            workers=workers,
-            shuffle=True,
-            nc=data["nc"],
+            LoaderConfig(
+                img_size=img_size,
+                batch_size=batch_size,
+                stride=32,
+                hyp=hyp,
+                augment=True,
+                workers=workers,
+                shuffle=True,
+                nc=data["nc"],
+            ),
         )
         precisions = [FLOAT32]
         mixed = training_precision(device)

@@ -81,14 +81,6 @@ def test_model_specs_with_overrides():
 # --- seeded training runs ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("accuracy")
-    data_yaml, model_yaml = make_tiny_dataset(root)
-    return root, data_yaml, model_yaml
-
-
 def _run_record(summary):
     """Everything a run produced that a seed decides: results.csv without its times, and the weights."""
     rows = ResultsTable(summary["save_dir"] / "results.csv").rows()
@@ -96,8 +88,8 @@ def _run_record(summary):
     return [{k: v for k, v in row.items() if k != "time"} for row in rows], weights
 
 
-def test_same_seed_reproduces_a_run_and_another_seed_changes_it(tiny):
-    root, data_yaml, model_yaml = tiny
+def test_same_seed_reproduces_a_run_and_another_seed_changes_it(tiny_study_dataset):
+    root, data_yaml, model_yaml = tiny_study_dataset
     common = dict(cfg=str(model_yaml), data=str(data_yaml), epochs=2, img_size=64, batch_size=4, device="cpu",
                   workers=2, project=str(root / "seeds"), plots=False, tensorboard=False,
                   repeat=1)  # fmt: skip
@@ -108,8 +100,8 @@ def test_same_seed_reproduces_a_run_and_another_seed_changes_it(tiny):
     assert rows_c != rows_a and not all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
 
 
-def test_study_end_to_end_writes_the_json_and_resumes(tiny, capsys):
-    root, data_yaml, model_yaml = tiny
+def test_study_end_to_end_writes_the_json_and_resumes(tiny_study_dataset, capsys):
+    root, data_yaml, model_yaml = tiny_study_dataset
     models = [str(model_yaml), f"{model_yaml}:optimizer=AdamW"]
     budget = Budget(str(data_yaml), epochs=1, img_size=64, batch_size=4, device="cpu", workers=0, repeat=1)
     project, json_path = str(root / "study"), root / "study.json"

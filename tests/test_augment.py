@@ -88,10 +88,12 @@ def test_flips_move_boxes():
 
 
 AFFINE_CASES = {
-    "scale_translate": dict(degrees=0, translate=0.2, scale=0.5, shear=0, perspective=0),
-    "rotate": dict(degrees=30, translate=0.1, scale=0.3, shear=0, perspective=0),
-    "shear": dict(degrees=0, translate=0.1, scale=0.2, shear=10, perspective=0),
-    "perspective": dict(degrees=5, translate=0.1, scale=0.2, shear=2, perspective=0.0008),
+    "scale_translate": augment.PerspectiveRanges(degrees=0, translate=0.2, scale=0.5, shear=0, perspective=0),
+    "rotate": augment.PerspectiveRanges(degrees=30, translate=0.1, scale=0.3, shear=0, perspective=0),
+    "shear": augment.PerspectiveRanges(degrees=0, translate=0.1, scale=0.2, shear=10, perspective=0),
+    "perspective": augment.PerspectiveRanges(
+        degrees=5, translate=0.1, scale=0.2, shear=2, perspective=0.0008
+    ),
 }
 
 
@@ -103,7 +105,7 @@ def test_random_perspective_keeps_boxes_on_objects(case):
     axis_aligned = case == "scale_translate"
     for seed in range(6):
         rng = np.random.default_rng(seed)
-        out, moved = augment.random_perspective(img, labels, rng, **AFFINE_CASES[case])
+        out, moved = augment.random_perspective(img, labels, rng, AFFINE_CASES[case])
         assert out.shape == img.shape
         # rotated rectangles: the corner box is the rectangle's box, unless clipping cut a corner off
         check_boxes_on_objects(out, moved, exact=axis_aligned, tolerance_px=2.5)
@@ -115,7 +117,7 @@ def test_random_perspective_drops_boxes_that_left_the_image():
     rng = np.random.default_rng(0)
     # translate far right: the small top-left box stays, the content moves; use a pure shift of 0.5
     out, moved = augment.random_perspective(
-        img, labels, rng, degrees=0, translate=0.0, scale=0.0, border=(-40, -40)
+        img, labels, rng, augment.PerspectiveRanges(degrees=0, translate=0.0, scale=0.0), border=(-40, -40)
     )
     assert out.shape[:2] == (20, 20)
     assert set(moved[:, 0].astype(int)) == {1}  # the corner box is outside the 20x20 center crop
@@ -141,9 +143,8 @@ def test_mosaic_keeps_boxes_on_objects(seed):
     assert canvas.shape == (2 * size, 2 * size, 3)
     check_boxes_on_objects(canvas, labels)
     check_visible_objects_kept(canvas, labels)
-    out, moved = augment.random_perspective(
-        canvas, labels, rng, degrees=0, translate=0.1, scale=0.5, border=(-size // 2, -size // 2)
-    )
+    ranges = augment.PerspectiveRanges(degrees=0, translate=0.1, scale=0.5)
+    out, moved = augment.random_perspective(canvas, labels, rng, ranges, border=(-size // 2, -size // 2))
     assert out.shape == (size, size, 3)
     if len(moved):
         check_boxes_on_objects(out, moved)
@@ -177,15 +178,15 @@ def test_random_mosaic_equals_mosaic_then_perspective(seed):
         draw_rectangles(96, 64, [(5, 5, 55, 40), (10, 50, 40, 90)], first_class=6),
         draw_rectangles(80, 80, [(0, 0, 30, 30), (40, 40, 78, 78)], first_class=9),
     ]
-    params = dict(degrees=10, translate=0.1, scale=0.5, shear=2)
+    ranges = augment.PerspectiveRanges(degrees=10, translate=0.1, scale=0.5, shear=2)
     rng = np.random.default_rng(seed)
     canvas, labels = augment.mosaic(pieces, size, rng)
-    expected, expected_labels = augment.random_perspective(canvas, labels, rng, **params, border=(-48, -48))
+    expected, expected_labels = augment.random_perspective(canvas, labels, rng, ranges, border=(-48, -48))
     loaded = []
     rng = np.random.default_rng(seed)
     shapes_hw = [p[0].shape[:2] for p in pieces]
     img, got_labels = augment.random_mosaic(
-        lambda k: loaded.append(k) or pieces[k], shapes_hw, size, rng, **params
+        lambda k: loaded.append(k) or pieces[k], shapes_hw, size, rng, ranges
     )
     assert np.abs(img.astype(int) - expected.astype(int)).max() <= 1
     np.testing.assert_allclose(got_labels, expected_labels, atol=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from utils.coco import convert_coco_json
-from utils.data.dataset import LoadedDataset
+from utils.data.dataset import LoadedDataset, LoaderConfig
 
 
 def _coco_json(path):
@@ -45,7 +45,7 @@ def test_convert_coco_json(tmp_path):
         image_file = tmp_path / "images/val" / f"{info['name']}.jpg"
         image_file.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(image_file), np.zeros((info["h"], info["w"], 3), np.uint8))
-    dataset = LoadedDataset(tmp_path / "images/val", img_size=64, nc=len(names))
+    dataset = LoadedDataset(tmp_path / "images/val", LoaderConfig(img_size=64, nc=len(names)))
     assert len(dataset) == 3 and sum(len(lb) == 0 for lb in dataset.labels) == 1
 
 

@@ -3,8 +3,9 @@ write point it has (each checkpoint, results and run-file write, before and afte
 end-of-run step), then resumed. Every time, last.pt loads, the resumed run completes with the epochs of an
 uninterrupted run, and results.csv holds each epoch exactly once.
 
-The kill is driven by utils.paths.KILL_AT_WRITE. A kill inside an epoch, between two writes, leaves the
-same files as a kill at the write point before it, so the write points cover every moment of the run.
+Each run counts its write points with a utils.paths.on_write_point callback (WritePoints) that kills it
+at the chosen one. A kill inside an epoch, between two writes, leaves the same files as a kill at the
+write point before it, so the write points cover every moment of the run.
 Runs are forked from a fork server that has imported the trainer once, so each costs no interpreter or
 torch start-up, and none inherits the threads of native runtimes other tests loaded into this process.
 """
@@ -29,17 +30,31 @@ from utils.data.labels import scan_files
 EPOCHS = 2
 
 
+class WritePoints:
+    """A write-point callback (utils.paths.on_write_point) that counts atomic_open's write points in this
+    process and, at the kill_at-th (counted from 1), kills the process with SIGKILL, as a power cut would."""
+
+    def __init__(self, kill_at: int | None = None):
+        self.kill_at = kill_at
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        if self.count == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _child(options: dict, kill_at: int | None, count_file: str | None) -> None:
     torch.set_num_threads(1)
-    utils.paths._write_points = 0
-    if kill_at is not None:
-        os.environ[utils.paths.KILL_AT_WRITE] = str(kill_at)
-    else:
-        os.environ.pop(utils.paths.KILL_AT_WRITE, None)
-    train.run(**options)
+    points = WritePoints(kill_at)
+    remove = utils.paths.on_write_point(points)
+    try:
+        train.run(**options)
+    finally:
+        remove()
     if count_file:
         with open(count_file, "w") as f:
-            f.write(str(utils.paths._write_points))
+            f.write(str(points.count))
 
 
 def run_forked(options: dict, kill_at: int | None = None, count_file: str | None = None) -> int:

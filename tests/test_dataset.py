@@ -15,11 +15,11 @@ import torch
 from tests.helpers import color_mask, draw_rectangles, iou, mask_box
 from utils.boxes import box_normxywh_to_xyxy, scale_boxes_to_original
 from utils.data.config import image_files_from_sources, load_data_config
-from utils.data.dataset import LoadedDataset, create_dataloader, epoch_repeats
+from utils.data.dataset import LoadedDataset, LoaderConfig, create_dataloader, epoch_repeats
 from utils.data.labels import CACHE_VERSION, label_file_for
 from utils.errors import ConfigError
+from utils.evaluation.plots import plot_batch, plot_labels
 from utils.hyp import Hyp
-from utils.plots import plot_batch, plot_labels
 from utils.train.options import TrainOptions
 
 
@@ -118,7 +118,7 @@ def _write_bad_inputs(root):
 def test_every_bad_input_is_reported_and_skipped(tmp_path, caplog):
     bad = _write_bad_inputs(tmp_path)
     with caplog.at_level(logging.INFO):
-        dataset = LoadedDataset(tmp_path / "images/train", img_size=64, nc=3, prefix="train: ")
+        dataset = LoadedDataset(tmp_path / "images/train", LoaderConfig(img_size=64, nc=3, prefix="train: "))
     kept = {Path(f).stem for f in dataset.image_files}
     assert kept == {"good", "dup", "empty", "nolabel"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -138,25 +138,25 @@ def test_nothing_usable_is_one_clear_error(tmp_path):
     image_file, _ = write_sample(tmp_path, "only", 64, 64, [(5, 5, 30, 30)], suffix=".jpg")
     image_file.write_bytes(b"broken")
     with pytest.raises(ValueError, match="no usable images .* fix or remove those files"):
-        LoadedDataset(tmp_path / "images/train", img_size=64)
+        LoadedDataset(tmp_path / "images/train", LoaderConfig(img_size=64))
     with pytest.raises(ValueError, match="no images"):
-        LoadedDataset(tmp_path / "labels/train", img_size=64)
+        LoadedDataset(tmp_path / "labels/train", LoaderConfig(img_size=64))
 
 
 def test_cache_is_json_and_rebuilt_when_a_file_changes(rect_dataset, caplog):
     images = rect_dataset / "images/train"
-    LoadedDataset(images, img_size=64)
+    LoadedDataset(images, LoaderConfig(img_size=64))
     cache_file = rect_dataset / "labels/train.cache.json"
     assert json.loads(cache_file.read_text())["version"] == CACHE_VERSION
     with caplog.at_level(logging.INFO):
-        LoadedDataset(images, img_size=64)
+        LoadedDataset(images, LoaderConfig(img_size=64))
     assert "labels cached in" in caplog.text
     label_file = rect_dataset / "labels/train/im0.txt"
     label_file.write_text("0 0.5 0.5 0.25 0.25\n")
     os.utime(label_file, ns=(1, 1))  # a different mtime, whatever the clock resolution
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        dataset = LoadedDataset(images, img_size=64)
+        dataset = LoadedDataset(images, LoaderConfig(img_size=64))
     assert "labels cached in" not in caplog.text
     np.testing.assert_allclose(dataset.labels[0], [[0, 0.5, 0.5, 0.25, 0.25]])
 
@@ -165,7 +165,9 @@ def test_training_pipeline_keeps_boxes_on_objects(rect_dataset):
     hyp = Hyp(hsv_h=0, hsv_s=0, hsv_v=0, degrees=5, translate=0.1, scale=0.3, shear=2, flipud=0.5, fliplr=0.5)
     for mosaic in (1.0, 0.0):
         hyp.mosaic = mosaic
-        dataset = LoadedDataset(rect_dataset / "images/train", img_size=96, hyp=hyp, augment=True, seed=1)
+        dataset = LoadedDataset(
+            rect_dataset / "images/train", LoaderConfig(img_size=96, hyp=hyp, augment=True, seed=1)
+        )
         dataset.use_mosaic = mosaic > 0
         for index in range(len(dataset)):
             img, targets, _, _ = dataset[index]
@@ -193,7 +195,9 @@ def check_boxes_hold_their_color(img, labels, margin=3):
 
 
 def test_dataloader_batch_format_and_rect_shapes(rect_dataset):
-    loader, dataset = create_dataloader(rect_dataset / "images/train", 64, 4, rect=True, pad=0.5, workers=0)
+    loader, dataset = create_dataloader(
+        rect_dataset / "images/train", LoaderConfig(img_size=64, batch_size=4, rect=True, pad=0.5, workers=0)
+    )
     assert dataset.nc == 12 and dataset.shapes.shape == (6, 2)
     for images, targets, paths, shapes in loader:
         assert images.dtype == torch.uint8 and images.shape[1] == 3 and images.shape[0] == len(paths)
@@ -211,7 +215,8 @@ def test_dataloader_batch_format_and_rect_shapes(rect_dataset):
 def test_dataloader_with_a_worker_and_ram_cache(rect_dataset, tmp_path):
     hyp = Hyp(mosaic=1.0, mixup=0.5)
     loader, dataset = create_dataloader(
-        rect_dataset / "images/train", 64, 3, hyp=hyp, augment=True, shuffle=True, workers=1, cache="ram"
+        rect_dataset / "images/train",
+        LoaderConfig(img_size=64, batch_size=3, hyp=hyp, augment=True, shuffle=True, workers=1, cache="ram"),
     )
     assert all(img is not None for img in dataset.images)
     images, targets, paths, shapes = next(iter(loader))
@@ -226,8 +231,12 @@ def test_a_tiny_training_set_is_passed_over_several_times_per_epoch(rect_dataset
     assert epoch_repeats(64, 16) == 4  # 4 batches -> 16
     assert epoch_repeats(400, 16) == epoch_repeats(600, 16) == 1  # shapes-hard, the bundled dataset
     common = dict(hyp=Hyp(mosaic=0.0), augment=True, shuffle=True)
-    once, _ = create_dataloader(rect_dataset / "images/train", 64, 2, workers=0, repeat=1, **common)
-    auto, dataset = create_dataloader(rect_dataset / "images/train", 64, 2, workers=1, repeat=0, **common)
+    once, _ = create_dataloader(
+        rect_dataset / "images/train", LoaderConfig(img_size=64, batch_size=2, workers=0, repeat=1, **common)
+    )
+    auto, dataset = create_dataloader(
+        rect_dataset / "images/train", LoaderConfig(img_size=64, batch_size=2, workers=1, repeat=0, **common)
+    )
     assert len(once) == 3 and len(auto) == 18  # 6 images at batch 2, passed over 6 times for 16+ batches
     seen = Counter(path for _, _, paths, _ in auto for path in paths)
     assert sorted(seen) == sorted(str(f) for f in dataset.image_files) and set(seen.values()) == {6}

@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 
 import detect
-from tests.helpers import NAMES, write_images, write_tiny_checkpoint
+from tests.helpers import NAMES, write_images
 from utils.data.sources import LoadSources
 from utils.errors import ConfigError
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt")
 
 
 @pytest.fixture

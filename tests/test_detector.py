@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import detect
-from tests.helpers import NAMES, write_images, write_tiny_checkpoint
+from tests.helpers import NAMES, write_images
 from utils.deploy.detections import describe, plural
 from utils.deploy.detector import Detector
 from utils.errors import ConfigError, ImageError, ImageNotFoundError
@@ -20,11 +20,6 @@ from utils.paths import ROOT
 
 SAMPLES = sorted((ROOT / "data" / "images").glob("*.jpg"))
 SIZE = 96
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 import train
 from tests.helpers import draw_rectangles, make_tiny_dataset
 from utils.data import dataset as dataset_module
-from utils.data.dataset import LoadedDataset
+from utils.data.dataset import LoadedDataset, LoaderConfig
 from utils.data.labels import label_file_for
 
 IMG_SIZE = 64
@@ -50,8 +50,8 @@ def assert_same_items(dataset: LoadedDataset, reference: LoadedDataset | list) -
 
 
 def test_written_once_beside_the_images_and_reused(image_dir, monkeypatch):
-    plain = LoadedDataset(image_dir, IMG_SIZE)
-    cached = LoadedDataset(image_dir, IMG_SIZE, cache="disk")
+    plain = LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE))
+    cached = LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE, cache="disk"))
     files = sorted(image_dir.glob("*.npy"))
     assert [f.name for f in files] == [f"im{i}.png.{IMG_SIZE}-area.npy" for i in range(3)]
     assert not list(image_dir.glob(".*"))  # no temporary files left behind
@@ -64,22 +64,23 @@ def test_written_once_beside_the_images_and_reused(image_dir, monkeypatch):
 
     with monkeypatch.context() as patch:
         patch.setattr(dataset_module.cv2, "imread", no_decoding)
-        again = LoadedDataset(image_dir, IMG_SIZE, cache="disk")
+        again = LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE, cache="disk"))
         assert_same_items(again, expected)
     assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files} == stamps  # not rewritten
-    augmented = LoadedDataset(image_dir, IMG_SIZE, cache="disk", augment=True)  # another resize: other files
+    # augment=True resizes with another interpolation: other files
+    augmented = LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE, cache="disk", augment=True))
     assert len(list(image_dir.glob(f"*.{IMG_SIZE}-linear.npy"))) == 3 and augmented.cache_files[0].is_file()
 
 
 def test_a_changed_image_is_cached_again_and_a_foreign_file_ignored(image_dir):
-    LoadedDataset(image_dir, IMG_SIZE, cache="disk")
+    LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE, cache="disk"))
     changed = image_dir / "im1.png"
     cv2.imwrite(str(changed), np.full((90, 120, 3), 200, np.uint8))
     stat = changed.stat()
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later modification time
     untouched = image_dir / f"im0.png.{IMG_SIZE}-area.npy"
     before = untouched.stat().st_ino
-    cached = LoadedDataset(image_dir, IMG_SIZE, cache="disk")
+    cached = LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE, cache="disk"))
     assert untouched.stat().st_ino == before
     index = cached.image_files.index(str(changed.resolve()))
     assert (cached.load_image(index)[0] == 200).all()  # the new pixels, not the old cache
@@ -89,7 +90,8 @@ def test_a_changed_image_is_cached_again_and_a_foreign_file_ignored(image_dir):
     os.utime(wrong, ns=(source.st_atime_ns, source.st_mtime_ns))
     index = cached.image_files.index(str((image_dir / "im2.png").resolve()))
     np.testing.assert_array_equal(
-        cached.load_image(index)[0], LoadedDataset(image_dir, IMG_SIZE).load_image(index)[0]
+        cached.load_image(index)[0],
+        LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE)).load_image(index)[0],
     )
 
 
@@ -98,10 +100,10 @@ def test_an_unwritable_folder_falls_back_to_decoding(image_dir, monkeypatch, cap
         raise PermissionError("read-only file system")
 
     monkeypatch.setattr(os, "replace", refuse)
-    cached = LoadedDataset(image_dir, IMG_SIZE, cache="disk")
+    cached = LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE, cache="disk"))
     assert "could not write 3 image cache file(s)" in caplog.text and "im0.png" in caplog.text
     assert not list(image_dir.glob("*.npy")) and not list(image_dir.glob(".*"))
-    assert_same_items(cached, LoadedDataset(image_dir, IMG_SIZE))
+    assert_same_items(cached, LoadedDataset(image_dir, LoaderConfig(img_size=IMG_SIZE)))
 
 
 def read_rows(run_dir: Path) -> list[dict]:
@@ -123,5 +125,6 @@ def test_training_with_the_disk_cache_gives_the_same_labels_rows_and_map(tmp_pat
     assert cached["final"]["mAP50_95"] == plain["final"]["mAP50_95"]
     assert cached["final"]["mAP50"] == plain["final"]["mAP50"]
     images = tmp_path / "shapes" / "images" / "train"
-    labels = LoadedDataset(images, IMG_SIZE, cache="disk").labels
-    assert all(np.array_equal(a, b) for a, b in zip(labels, LoadedDataset(images, IMG_SIZE).labels))
+    labels = LoadedDataset(images, LoaderConfig(img_size=IMG_SIZE, cache="disk")).labels
+    plain_labels = LoadedDataset(images, LoaderConfig(img_size=IMG_SIZE)).labels
+    assert all(np.array_equal(a, b) for a, b in zip(labels, plain_labels))

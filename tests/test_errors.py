@@ -6,25 +6,13 @@ from __future__ import annotations
 import ast
 
 import pytest
-import torch
 
 import convert
 import detect
 import train
 import val
-from tests.helpers import make_tiny_dataset, write_images, write_tiny_checkpoint
+from tests.helpers import write_images, write_tiny_checkpoint
 from utils.paths import ROOT
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("errors")
-    data_yaml, model_yaml = make_tiny_dataset(root, train_images=4, val_images=2)
-    corrupt = root / "corrupt.pt"
-    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
-    foreign = root / "foreign.pt"
-    torch.save({"epoch": 3, "weights": {"w": torch.zeros(1)}}, foreign)
-    return root, data_yaml, model_yaml, corrupt, foreign
 
 
 def one_sentence(capsys, exit_info, *expected: str) -> str:
@@ -35,8 +23,8 @@ def one_sentence(capsys, exit_info, *expected: str) -> str:
     return last
 
 
-def test_train_user_errors_are_one_sentence(tiny, capsys):
-    root, data_yaml, model_yaml, corrupt, foreign = tiny
+def test_train_user_errors_are_one_sentence(tiny_dataset_and_bad_checkpoints, capsys):
+    root, data_yaml, model_yaml, corrupt, foreign = tiny_dataset_and_bad_checkpoints
     common = ["--project", str(root / "runs"), "--img", "64", "--epochs", "1", "--repeat", "1"]
     cases = [
         (
@@ -61,8 +49,8 @@ def test_train_user_errors_are_one_sentence(tiny, capsys):
         one_sentence(capsys, exit_info, *expected)
 
 
-def test_val_detect_convert_user_errors_are_one_sentence(tiny, capsys):
-    root, data_yaml, _model_yaml, corrupt, foreign = tiny
+def test_val_detect_convert_user_errors_are_one_sentence(tiny_dataset_and_bad_checkpoints, capsys):
+    root, data_yaml, _model_yaml, corrupt, foreign = tiny_dataset_and_bad_checkpoints
     fake_onnx = root / "fake.onnx"
     fake_onnx.write_bytes(b"\x00\x01 not a protobuf")
     scripts = [
@@ -94,8 +82,8 @@ def test_library_never_exits_the_process():
                 assert "SystemExit" not in text and "sys.exit" not in text, f"{path}: {text}"
 
 
-def test_detect_and_val_name_bad_classes_and_image_sizes(tiny, tmp_path, capsys):
-    root, data_yaml, *_ = tiny
+def test_detect_and_val_name_bad_classes_and_image_sizes(tiny_dataset_and_bad_checkpoints, tmp_path, capsys):
+    root, data_yaml, *_ = tiny_dataset_and_bad_checkpoints
     weights = write_tiny_checkpoint(tmp_path / "two.pt", names=["cat", "dog"])
     image = write_images(tmp_path / "images", count=1)[0]
     detect_args = ["--weights", str(weights), "--source", str(image), "--project", str(tmp_path / "runs")]

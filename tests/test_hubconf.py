@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_tiny_checkpoint
 from utils.paths import ROOT
 
 README_WEIGHTS = "runs/train/exp/weights/best.pt"
@@ -20,11 +19,6 @@ README_WEIGHTS = "runs/train/exp/weights/best.pt"
 
 def readme_python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("hub") / "best.pt")
 
 
 def test_readme_python_api_runs(weights, monkeypatch, capsys):

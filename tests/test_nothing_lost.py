@@ -18,7 +18,7 @@ import convert
 import train
 import utils.paths
 from tests.helpers import make_tiny_dataset, write_tiny_checkpoint
-from tests.test_crash_safety import fork_server
+from tests.test_crash_safety import WritePoints, fork_server
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.data.labels import scan_files, summarize
 from utils.data.preprocess import letterbox
@@ -81,8 +81,7 @@ def test_letterbox_of_a_sliver_image_keeps_a_pixel():
 
 # 4. rewriting results.csv is atomic: a kill in the middle never loses the history
 def _truncate_and_die(path: str) -> None:
-    os.environ[utils.paths.KILL_AT_WRITE] = "1"
-    utils.paths._write_points = 0
+    utils.paths.on_write_point(WritePoints(kill_at=1))
     ResultsTable(path).truncate(1)
 
 

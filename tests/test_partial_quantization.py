@@ -11,27 +11,12 @@ import torch
 import convert
 from tests.helpers import write_images, write_tiny_checkpoint
 from utils.deploy.backend import OnnxInferenceModel
-from utils.deploy.partial_quantization import (
-    _without_quantization,
-    conv_layers,
-    quantize_onnx_bounded,
-)
-from utils.deploy.quantize import calibration_batches, quantize_onnx
+from utils.deploy.graph import conv_layers
+from utils.deploy.partial_quantization import AccuracyTarget, _without_quantization, quantize_onnx_within
+from utils.deploy.quantize import quantize_onnx
 from utils.errors import ConfigError, DataError
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny fused model exported to ONNX at 64 px, its calibration images and probe batches."""
-    root = tmp_path_factory.mktemp("partial")
-    images = write_images(root / "images", count=4, size=(64, 64))
-    checkpoint = write_tiny_checkpoint(root / "best.pt", data={"train": [str(root / "images")]})
-    convert.run(checkpoint, img_size=64, runs=1, onnx=True)
-    files = [str(path) for path in images]
-    batches = [torch.from_numpy(batch) for batch in calibration_batches(files, 64)]
-    return root / "best_fused.onnx", files, batches
 
 
 def error_scorer(fp32_path):
@@ -54,19 +39,23 @@ def dequantized_inputs(model: onnx.ModelProto, name: str) -> list[str]:
     return [i for i in node.input[:2] if i in producers and producers[i].op_type == "DequantizeLinear"]
 
 
-def test_a_loose_bound_keeps_every_layer_int8(exported, tmp_path):
-    fp32, files, batches = exported
-    result = quantize_onnx_bounded(fp32, tmp_path / "q.onnx", files, 64, batches, error_scorer(fp32), 1e9)
+def test_a_loose_bound_keeps_every_layer_int8(tiny_onnx_export, tmp_path):
+    fp32, files, batches = tiny_onnx_export
+    result = quantize_onnx_within(
+        fp32, tmp_path / "q.onnx", files, 64, AccuracyTarget(batches, error_scorer(fp32), 1e9)
+    )
     assert result.kept_float == [] and result.float_score == 0
     assert result.int8_score == pytest.approx(result.all_layers_score)
 
 
-def test_a_tight_bound_keeps_layers_float_until_it_holds(exported, tmp_path):
-    fp32, files, batches = exported
+def test_a_tight_bound_keeps_layers_float_until_it_holds(tiny_onnx_export, tmp_path):
+    fp32, files, batches = tiny_onnx_export
     score = error_scorer(fp32)
-    everything = quantize_onnx_bounded(fp32, tmp_path / "all.onnx", files, 64, batches, score, 1e9)
+    everything = quantize_onnx_within(
+        fp32, tmp_path / "all.onnx", files, 64, AccuracyTarget(batches, score, 1e9)
+    )
     bound = 0.5 * everything.drop  # half the all-INT8 error: some layers, not all, must stay float
-    result = quantize_onnx_bounded(fp32, tmp_path / "q.onnx", files, 64, batches, score, bound)
+    result = quantize_onnx_within(fp32, tmp_path / "q.onnx", files, 64, AccuracyTarget(batches, score, bound))
     assert result.drop <= bound and 0 < len(result.kept_float) <= len(conv_layers(onnx.load(str(fp32))))
     quantized = onnx.load(str(tmp_path / "q.onnx"))
     for conv in result.kept_float:
@@ -75,8 +64,8 @@ def test_a_tight_bound_keeps_layers_float_until_it_holds(exported, tmp_path):
     assert all(len(dequantized_inputs(quantized, conv)) == 2 for conv in others)
 
 
-def test_a_float_layer_leaves_no_dead_nodes(exported, tmp_path):
-    fp32, files, _ = exported
+def test_a_float_layer_leaves_no_dead_nodes(tiny_onnx_export, tmp_path):
+    fp32, files, _ = tiny_onnx_export
     quantize_onnx(fp32, tmp_path / "all.onnx", files, 64)
     quantized, original = onnx.load(str(tmp_path / "all.onnx")), onnx.load(str(fp32))
     layers = conv_layers(original)

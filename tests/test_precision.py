@@ -12,13 +12,14 @@ import torch
 import detect
 import train
 import val
-from tests.helpers import make_tiny_dataset, tiny_model, write_images, write_tiny_checkpoint
+from tests.helpers import make_tiny_dataset, tiny_model, write_images
 from utils import device as device_module
-from utils.deploy.backend import TorchInferenceModel, load_inference_model
+from utils.deploy.backend import load_inference_model
 from utils.deploy.detector import Detector
 from utils.device import cpu_flags, native_bf16_feature, training_precision
 from utils.errors import DeviceError, WeightsError
-from utils.train.step import OptimizerStep
+from utils.inference import TorchInferenceModel
+from utils.train.step import OptimizerStep, StepPlan
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -93,8 +94,8 @@ def test_bf16_step_keeps_float32_weights_and_gradients(native_bf16):
     model = tiny_model().train()
     hyp = load_hyp("hyp.scratch-low.yaml")
     optimizer = build_optimizer(model, "SGD", lr=0.01, momentum=hyp.momentum)
-    step = OptimizerStep(model, optimizer, EpochSchedule(optimizer, 1, hyp.lrf), hyp, accumulate=1,
-                         warmup=0, precision=training_precision(CPU))  # fmt: skip
+    schedule = EpochSchedule(optimizer, 1, hyp.lrf)
+    step = OptimizerStep(model, optimizer, schedule, hyp, StepPlan(), precision=training_precision(CPU))
     assert not step.scaler.is_enabled()  # bfloat16 has float32's range: no loss scaling
     loss_fn = YoloLoss(model.detect, scale_loss_gains(hyp, model.detect.nl, 3, 64))
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3]])
@@ -134,11 +135,6 @@ def test_train_logs_its_precision_and_saves_float32(native, amp, expected, tiny_
 
 
 # --- --half inference ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("half") / "best.pt")
 
 
 def test_half_pytorch_outputs_float32_close_to_float32(weights, native_bf16):

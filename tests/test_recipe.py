@@ -1,5 +1,5 @@
 """The training recipe of re-parameterized models: hyp rep_branch_gamma, the initial BN scale of the
-RepVGG blocks' 1x1 and identity branches (0 by default, chosen by bench.accuracy; see the README)."""
+RepVGG blocks' 1x1 and identity branches (0 by default, chosen by bench.accuracy; see bench/README.md)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from utils.data.config import load_data_config
-from utils.data.dataset import LoadedDataset
+from utils.data.dataset import LoadedDataset, LoaderConfig
 from utils.data.synthetic import (
     CLASS_NAMES,
     MARKER,
@@ -93,7 +93,7 @@ def test_data_yaml_with_generate_block(tmp_path):
     )
     config = load_data_config(tmp_path / "tiny.yaml")
     assert config["path"] == str(tmp_path / "gen") and config["defaults"]["epochs"] == 1
-    dataset = LoadedDataset(config["val"], img_size=64, nc=config["nc"])
+    dataset = LoadedDataset(config["val"], LoaderConfig(img_size=64, nc=config["nc"]))
     assert len(dataset) == 4 and dataset.shapes.tolist() == [[64, 64]] * 4
 
 

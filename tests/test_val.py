@@ -17,12 +17,12 @@ from pycocotools.cocoeval import COCOeval
 
 import val
 from models.yolo import Model
-from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.data.dataset import create_dataloader
-from utils.deploy.backend import InferenceModel, TorchInferenceModel
+from tests.helpers import BOX_BAR_NAMES
+from utils.data.dataset import LoaderConfig, create_dataloader
 from utils.evaluation.evaluate import evaluate
+from utils.inference import InferenceModel, TorchInferenceModel
 
-NAMES = ["box", "bar"]
+NAMES = BOX_BAR_NAMES  # the classes of the dataset fixture and of two_class_yolov5n_weights (conftest)
 # Per image: (width, height) and labels (class, cx, cy, w, h) normalized. Image 4 is a background image.
 IMAGES = {
     1: ((96, 64), [(0, 0.30, 0.40, 0.30, 0.40), (1, 0.70, 0.60, 0.20, 0.50)]),
@@ -87,14 +87,6 @@ def dataset(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = Model("yolov5n.yaml", nc=2)
-    model.names = list(NAMES)
-    return save_checkpoint(make_checkpoint(model), tmp_path_factory.mktemp("weights") / "tiny.pt")
-
-
 class ColorDetector(InferenceModel):
     """A stand-in detector that finds the fixture's filled rectangles by color, in input pixels, so
     that a correct letterbox round trip scores mAP50 near 1."""
@@ -117,10 +109,10 @@ class ColorDetector(InferenceModel):
         return torch.stack(batch)
 
 
-def test_run_with_weights_writes_everything(dataset, weights, tmp_path):
+def test_run_with_weights_writes_everything(dataset, two_class_yolov5n_weights, tmp_path):
     results = val.run(
         data=dataset / "data.yaml",
-        weights=weights,
+        weights=two_class_yolov5n_weights,
         img_size=64,
         batch_size=2,
         conf_thres=0.0,
@@ -152,7 +144,7 @@ def test_run_with_weights_writes_everything(dataset, weights, tmp_path):
     assert "coco_eval" in results  # the data YAML names a COCO annotation JSON
     again = val.run(
         data=dataset / "data.yaml",
-        weights=weights,
+        weights=two_class_yolov5n_weights,
         img_size=64,
         batch_size=2,
         conf_thres=0.0,
@@ -192,10 +184,10 @@ def test_our_map_matches_pycocotools_end_to_end(dataset, tmp_path):
     assert results["coco_eval"]["mAP50"] == pytest.approx(coco_eval.stats[1])
 
 
-def test_zero_detections_report_zeros(dataset, weights, tmp_path):
+def test_zero_detections_report_zeros(dataset, two_class_yolov5n_weights, tmp_path):
     results = val.run(
         data=dataset / "data.yaml",
-        weights=weights,
+        weights=two_class_yolov5n_weights,
         img_size=64,
         conf_thres=0.999,
         device="cpu",
@@ -212,7 +204,8 @@ def test_zero_detections_report_zeros(dataset, weights, tmp_path):
 def test_evaluate_is_the_library_function_training_calls(dataset, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     model = Model("yolov5n.yaml", nc=2).eval()
-    loader, _ = create_dataloader(str(dataset / "images"), 64, 4, rect=True, workers=0, prefix="val: ")
+    config = LoaderConfig(img_size=64, batch_size=4, rect=True, workers=0, prefix="val: ")
+    loader, _ = create_dataloader(str(dataset / "images"), config)
     result = evaluate(TorchInferenceModel(model, torch.device("cpu")), loader, NAMES, quiet=True)
     results = result.to_dict()
     assert EXPECTED_KEYS <= results.keys() and results["images"] == 4
@@ -222,10 +215,10 @@ def test_evaluate_is_the_library_function_training_calls(dataset, monkeypatch, t
     assert json.loads((tmp_path / "train" / "metrics.json").read_text())["images"] == 4
 
 
-def test_speed_task(dataset, weights, tmp_path):
+def test_speed_task(dataset, two_class_yolov5n_weights, tmp_path):
     results = val.run(
         data=dataset / "data.yaml",
-        weights=weights,
+        weights=two_class_yolov5n_weights,
         img_size=64,
         task="speed",
         device="cpu",
@@ -237,7 +230,7 @@ def test_speed_task(dataset, weights, tmp_path):
     assert all(value >= 0 for value in results["speed_ms"].values())
 
 
-def test_cli_arguments_and_image_size_default(dataset, weights, tmp_path, capsys):
+def test_cli_arguments_and_image_size_default(dataset, two_class_yolov5n_weights, tmp_path, capsys):
     args = val.parse_args(
         ["--weights", "w.pt", "--img", "64", "--task", "speed", "--save-json", "--exist-ok"]
     )
@@ -256,7 +249,7 @@ def test_cli_arguments_and_image_size_default(dataset, weights, tmp_path, capsys
     val.main(
         [
             "--weights",
-            str(weights),
+            str(two_class_yolov5n_weights),
             "--data",
             str(dataset / "data.yaml"),
             "--img",
@@ -286,7 +279,7 @@ def test_cli_arguments_and_image_size_default(dataset, weights, tmp_path, capsys
         val.main(
             [
                 "--weights",
-                str(weights),
+                str(two_class_yolov5n_weights),
                 "--data",
                 str(dataset / "data.yaml"),
                 "--task",

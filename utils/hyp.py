@@ -24,7 +24,7 @@ class Hyp:
     warmup_bias_lr: float = 0.1
     # initial BN scale (gamma) of RepVGG blocks' 1x1 and identity branches when training from scratch:
     # 0 starts each block as its kxk conv+BN alone, the side branches growing in (chosen by bench.accuracy
-    # on data/shapes-hard.yaml, see the README); 1 is PyTorch's default. Plain models ignore it.
+    # on data/shapes-hard.yaml, see bench/README.md); 1 is PyTorch's default. Plain models ignore it.
     rep_branch_gamma: float = 0.0
     # loss
     box: float = 0.05  # box loss gain

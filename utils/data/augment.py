@@ -8,6 +8,8 @@ Random functions take an ``np.random.Generator`` so each dataloader worker draws
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -43,30 +45,40 @@ def clip_and_filter(labels: np.ndarray, width: float, height: float) -> np.ndarr
     return clipped[box_candidates(labels[:, 1:5], clipped[:, 1:5])]
 
 
+@dataclass(frozen=True)
+class PerspectiveRanges:
+    """The ranges random_perspective draws from, named as the Hyp fields that set them in training."""
+
+    degrees: float = 0.0  # rotation, +/- degrees
+    translate: float = 0.1  # translation, +/- fraction of the output size
+    scale: float = 0.5  # scale gain, +/- (1 - scale, 1 + scale)
+    shear: float = 0.0  # shear, +/- degrees on each axis
+    perspective: float = 0.0  # perspective, +/- fraction (0 to 0.001)
+
+    @classmethod
+    def from_hyp(cls, hyp) -> PerspectiveRanges:
+        """The ranges a utils.hyp.Hyp sets."""
+        return cls(hyp.degrees, hyp.translate, hyp.scale, hyp.shear, hyp.perspective)
+
+
 def _affine_matrix(
-    rng: np.random.Generator,
-    in_shape: tuple[int, int],
-    out_shape: tuple[int, int],
-    degrees: float,
-    translate: float,
-    scale: float,
-    shear: float,
-    perspective: float,
+    rng: np.random.Generator, in_shape: tuple[int, int], out_shape: tuple[int, int], ranges: PerspectiveRanges
 ) -> np.ndarray:
     """3x3 matrix: move the input center to the origin, perspective, rotate+scale, shear, then move
     to a randomly translated output center."""
     center = np.eye(3)
     center[0, 2], center[1, 2] = -in_shape[1] / 2, -in_shape[0] / 2
     persp = np.eye(3)
-    persp[2, 0], persp[2, 1] = rng.uniform(-perspective, perspective, size=2)
+    persp[2, 0], persp[2, 1] = rng.uniform(-ranges.perspective, ranges.perspective, size=2)
     rotate = np.eye(3)
-    angle, gain = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    angle = rng.uniform(-ranges.degrees, ranges.degrees)
+    gain = rng.uniform(1 - ranges.scale, 1 + ranges.scale)
     rotate[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=angle, scale=gain)
     shear_m = np.eye(3)
-    shear_m[0, 1], shear_m[1, 0] = np.tan(np.deg2rad(rng.uniform(-shear, shear, size=2)))
+    shear_m[0, 1], shear_m[1, 0] = np.tan(np.deg2rad(rng.uniform(-ranges.shear, ranges.shear, size=2)))
     move = np.eye(3)
-    move[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * out_shape[1]
-    move[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * out_shape[0]
+    move[0, 2] = rng.uniform(0.5 - ranges.translate, 0.5 + ranges.translate) * out_shape[1]
+    move[1, 2] = rng.uniform(0.5 - ranges.translate, 0.5 + ranges.translate) * out_shape[0]
     return move @ shear_m @ rotate @ persp @ center
 
 
@@ -85,21 +97,18 @@ def random_perspective(
     img: np.ndarray,
     labels: np.ndarray,
     rng: np.random.Generator,
-    degrees: float = 0,
-    translate: float = 0.1,
-    scale: float = 0.5,
-    shear: float = 0,
-    perspective: float = 0,
+    ranges: PerspectiveRanges = PerspectiveRanges(),
     border: tuple[int, int] = (0, 0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random rotation, scale, shear, translation and perspective of image and (n, 5) pixel labels.
+    """Random rotation, scale, shear, translation and perspective (drawn within `ranges`) of image and
+    (n, 5) pixel labels.
 
     The output is the input size plus 2 * border (h, w) on each axis; a mosaic passes a negative border
     to crop its 2s x 2s canvas to s x s. Boxes are transformed exactly (through their corners), clipped,
     and filtered with box_candidates.
     """
     out_h, out_w = img.shape[0] + 2 * border[0], img.shape[1] + 2 * border[1]
-    matrix = _affine_matrix(rng, img.shape[:2], (out_h, out_w), degrees, translate, scale, shear, perspective)
+    matrix = _affine_matrix(rng, img.shape[:2], (out_h, out_w), ranges)
     return _warp(img, labels, matrix, matrix, (out_h, out_w))
 
 
@@ -204,11 +213,7 @@ def random_mosaic(
     shapes_hw: list[tuple[int, int]],
     size: int,
     rng: np.random.Generator,
-    degrees: float = 0,
-    translate: float = 0.1,
-    scale: float = 0.5,
-    shear: float = 0,
-    perspective: float = 0,
+    ranges: PerspectiveRanges = PerspectiveRanges(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """mosaic followed by random_perspective to size x size, without the waste: only the part of the
     2s x 2s canvas that the transform brings into view is built, and images entirely out of view are
@@ -219,9 +224,7 @@ def random_mosaic(
     """
     canvas_size = 2 * size
     center = tuple(int(v) for v in rng.uniform(size / 2, 1.5 * size, size=2))
-    matrix = _affine_matrix(
-        rng, (canvas_size, canvas_size), (size, size), degrees, translate, scale, shear, perspective
-    )
+    matrix = _affine_matrix(rng, (canvas_size, canvas_size), (size, size), ranges)
     # the canvas region seen by the output: the output corners mapped back, plus a margin for interpolation
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
     back = corners @ np.linalg.inv(matrix).T

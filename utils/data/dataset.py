@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -27,30 +28,46 @@ LOGGER = logging.getLogger(__name__)
 MIN_EPOCH_BATCHES = 16  # a smaller training set is passed over several times per epoch (repeat=0)
 
 
+@dataclass
+class LoaderConfig:
+    """How create_dataloader builds a dataset and its DataLoader; LoadedDataset reads the dataset fields."""
+
+    img_size: int = 640  # long side of the resized images, and the side of the square letterbox or mosaic
+    batch_size: int = 16
+    stride: int = 32  # the model's largest stride: rect batch shapes are multiples of it
+    hyp: Hyp | None = None  # augmentation hyperparameters; None: Hyp()
+    augment: bool = False
+    rect: bool = False  # batches of similar aspect ratio, each letterboxed to its own shape (fixed order)
+    pad: float = 0.5  # rect only: padding added to each batch shape, in strides
+    cache: str | None = None  # "ram", "disk" (utils.data.disk_cache) or None
+    workers: int = 2  # DataLoader processes, at most the CPUs per DDP process and the number of batches
+    shuffle: bool = False
+    rank: int = -1  # DDP rank, -1 without DDP
+    world_size: int = 1  # DDP processes
+    seed: int = 0  # augmentation, shuffling and sampling
+    prefix: str = ""  # starts each log message, e.g. "train: "
+    nc: int | None = None  # classes in the data YAML, checked against the labels; None: from the labels
+    repeat: int = 1  # passes over the dataset per epoch; 0: enough for MIN_EPOCH_BATCHES batches
+
+    @property
+    def verbose(self) -> bool:
+        """Summaries are logged by the main process only."""
+        return self.rank in (-1, 0)
+
+
 class LoadedDataset(Dataset):
     """Detection dataset. Item: (uint8 Tensor[3, H, W] RGB, Tensor[n, 6] (0, class, cx, cy, w, h) normalized,
     path, ((h0, w0), ((ratio_h, ratio_w), (pad_x, pad_y))))."""
 
-    def __init__(
-        self,
-        sources: str | Path | list,
-        img_size: int = 640,
-        batch_size: int = 16,
-        stride: int = 32,
-        hyp: Hyp | None = None,
-        augment: bool = False,
-        rect: bool = False,
-        pad: float = 0.0,
-        cache: str | None = None,
-        prefix: str = "",
-        nc: int | None = None,
-        seed: int = 0,
-        verbose: bool = True,
-    ):
-        self.img_size, self.stride, self.augment, self.rect = img_size, stride, augment, rect
-        self.hyp = hyp or Hyp()
-        self.use_mosaic = augment and not rect and self.hyp.mosaic > 0
-        self.rng = np.random.default_rng(seed)
+    def __init__(self, sources: str | Path | list, config: LoaderConfig | None = None):
+        config = config or LoaderConfig()
+        self.config = config
+        self.img_size, self.stride = config.img_size, config.stride
+        self.augment, self.rect = config.augment, config.rect
+        self.hyp = config.hyp or Hyp()
+        self.use_mosaic = config.augment and not config.rect and self.hyp.mosaic > 0
+        self.rng = np.random.default_rng(config.seed)
+        prefix, nc, cache = config.prefix, config.nc, config.cache
         files = image_files_from_sources(sources)
         if not files:
             raise DataError(
@@ -58,7 +75,7 @@ class LoadedDataset(Dataset):
             )
         entries, cache_file = scan_files(files)
         check_classes(entries, nc)
-        summarize(entries, prefix, cache_file, verbose)
+        summarize(entries, prefix, cache_file, config.verbose)
         usable = [e for e in entries if not e["error"]]
         if not usable:
             raise DataError(
@@ -73,14 +90,14 @@ class LoadedDataset(Dataset):
             if nc is not None
             else int(max((lb[:, 0].max() for lb in self.labels if len(lb)), default=-1)) + 1
         )
-        if rect:
-            self._init_rect_batches(batch_size, pad)
+        if config.rect:
+            self._init_rect_batches(config.batch_size, config.pad)
         self.images: list[np.ndarray | None] = [None] * len(self.image_files)
         self.cache_files: list[Path | None] = [None] * len(self.image_files)  # cache="disk"
         if cache == "ram":
-            self._cache_images(prefix, verbose)
+            self._cache_images(prefix, config.verbose)
         elif cache == "disk":
-            self._cache_images_on_disk(prefix, verbose)
+            self._cache_images_on_disk(prefix, config.verbose)
         elif cache not in (None, "", False):
             raise DataError(f"cache={cache!r} is not supported; use 'ram', 'disk' or leave it off.")
 
@@ -187,29 +204,13 @@ class LoadedDataset(Dataset):
             return img, self._pixel_labels(indices[k], w, h)
 
         shapes_hw = [self._resized_hw(i) for i in indices]
-        hyp = self.hyp
-        return augment.random_mosaic(
-            load_piece,
-            shapes_hw,
-            self.img_size,
-            self.rng,
-            hyp.degrees,
-            hyp.translate,
-            hyp.scale,
-            hyp.shear,
-            hyp.perspective,
-        )
+        ranges = augment.PerspectiveRanges.from_hyp(self.hyp)
+        return augment.random_mosaic(load_piece, shapes_hw, self.img_size, self.rng, ranges)
 
     def _resized_hw(self, index: int) -> tuple[int, int]:
         """(h, w) that load_image will return, known without reading the image."""
         w0, h0 = (int(v) for v in self.shapes[index])
         return augment.fit_shape(h0, w0, self.img_size)
-
-    def _random_perspective(self, img, labels, border=(0, 0)):
-        hyp = self.hyp
-        return augment.random_perspective(
-            img, labels, self.rng, hyp.degrees, hyp.translate, hyp.scale, hyp.shear, hyp.perspective, border
-        )
 
     def _load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
         img, (h0, w0), (h, w) = self.load_image(index)
@@ -220,7 +221,8 @@ class LoadedDataset(Dataset):
         labels = self._pixel_labels(index, w * ratio_w, h * ratio_h, pad_x, pad_y)
         shapes = ((h0, w0), ((h * ratio_h / h0, w * ratio_w / w0), (pad_x, pad_y)))
         if self.augment:
-            img, labels = self._random_perspective(img, labels)
+            ranges = augment.PerspectiveRanges.from_hyp(self.hyp)
+            img, labels = augment.random_perspective(img, labels, self.rng, ranges)
         return img, labels, shapes
 
     def __getitem__(self, index: int):
@@ -279,54 +281,25 @@ def epoch_repeats(images: int, batch_size: int) -> int:
     """Passes over a training set of `images` per epoch so that an epoch has at least MIN_EPOCH_BATCHES
     batches of `batch_size` (all processes together). A tiny set (64 images at batch 16: 4 batches)
     otherwise gets so few optimizer steps in a run that it barely leaves the initialization; see the
-    README's accuracy study. A set of MIN_EPOCH_BATCHES batches or more is passed over once."""
+    accuracy study (bench/README.md). A set of MIN_EPOCH_BATCHES batches or more is passed over once."""
     return max(1, math.ceil(MIN_EPOCH_BATCHES * batch_size / max(images, 1)))
 
 
-def create_dataloader(
-    sources: str | Path | list,
-    img_size: int,
-    batch_size: int,
-    stride: int = 32,
-    hyp: Hyp | None = None,
-    augment: bool = False,
-    rect: bool = False,
-    pad: float = 0.5,
-    workers: int = 2,
-    shuffle: bool = False,
-    cache: str | None = None,
-    rank: int = -1,
-    world_size: int = 1,
-    seed: int = 0,
-    prefix: str = "",
-    nc: int | None = None,
-    repeat: int = 1,
-) -> tuple[DataLoader, LoadedDataset]:
-    """Build the dataset and its DataLoader (one batch: see collate). Under DDP (rank >= 0, world_size
-    processes) a DistributedSampler splits the data; call loader.sampler.set_epoch(epoch) each epoch.
-    repeat: passes over the dataset per epoch (each pass in its own order); 0 picks enough passes for
-    MIN_EPOCH_BATCHES batches (see epoch_repeats)."""
-    if rect and shuffle:
+def create_dataloader(sources: str | Path | list, config: LoaderConfig) -> tuple[DataLoader, LoadedDataset]:
+    """Build the dataset and its DataLoader (one batch: see collate). Under DDP (config.rank >= 0,
+    config.world_size processes) a DistributedSampler splits the data; call loader.sampler.set_epoch(epoch)
+    each epoch. config.repeat: passes over the dataset per epoch (each pass in its own order); 0 picks
+    enough passes for MIN_EPOCH_BATCHES batches (see epoch_repeats)."""
+    shuffle, rank, seed, prefix = config.shuffle, config.rank, config.seed, config.prefix
+    if config.rect and shuffle:
         LOGGER.warning(f"{prefix}rect batches need a fixed order; shuffle turned off.")
         shuffle = False
-    dataset = LoadedDataset(
-        sources,
-        img_size,
-        batch_size,
-        stride,
-        hyp,
-        augment,
-        rect,
-        pad,
-        cache,
-        prefix,
-        nc,
-        seed,
-        rank in (-1, 0),
-    )
-    batch_size = min(batch_size, len(dataset))
-    world_size = world_size if rank >= 0 else 1
-    workers = max(0, min(workers, (os.cpu_count() or 1) // world_size, math.ceil(len(dataset) / batch_size)))
+    dataset = LoadedDataset(sources, config)
+    batch_size = min(config.batch_size, len(dataset))
+    world_size = config.world_size if rank >= 0 else 1
+    cpus = (os.cpu_count() or 1) // world_size
+    workers = max(0, min(config.workers, cpus, math.ceil(len(dataset) / batch_size)))
+    repeat = config.repeat
     if repeat == 0:
         repeat = epoch_repeats(len(dataset), batch_size * world_size)
         if repeat > 1:

@@ -3,18 +3,19 @@ it, and read back on later epochs and runs instead of decoding the image again.
 
 The file is named after the image and the resize it holds (``im0.jpg`` -> ``im0.jpg.640-linear.npy``)
 and carries the image's modification time as its own, so an image that changes is decoded and cached
-again. Writes are atomic (a temporary file in the same folder, then a rename): a killed run leaves
-either the old file or the new one, never half of one.
+again. Writes go through utils.paths.atomic_open: a killed run leaves either the old file or the new one,
+never half of one.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.paths import atomic_open
 
 INTERPOLATION_NAMES = {cv2.INTER_LINEAR: "linear", cv2.INTER_AREA: "area"}
 
@@ -36,15 +37,10 @@ def is_fresh(cache_file: Path, image_file: str | Path) -> bool:
 def write(cache_file: Path, image: np.ndarray, image_file: str | Path) -> None:
     """Store image atomically as cache_file, stamped with image_file's modification time. Raises OSError."""
     source = os.stat(image_file)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{cache_file.name}.", suffix=".tmp", dir=cache_file.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.save(file, image)
-        os.utime(temp_name, ns=(source.st_atime_ns, source.st_mtime_ns))
-        os.replace(temp_name, cache_file)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(cache_file, "wb", durable=False) as file:  # a cache: rebuilt if lost, no fsync
+        np.save(file, image)
+        file.flush()  # the stamp goes on last: nothing written after it may move the modification time
+        os.utime(file.fileno(), ns=(source.st_atime_ns, source.st_mtime_ns))
 
 
 def read(cache_file: Path, expected_hw: tuple[int, int]) -> np.ndarray | None:

@@ -2,7 +2,7 @@
 
 ``load_inference_model(weights)`` takes a training-form or fused PyTorch checkpoint (.pt), an ONNX
 export (.onnx, FP32 or INT8, run with onnxruntime) or an OpenVINO IR (a ``*_openvino_model/`` folder or
-its .xml, FP32 or INT8) and returns an ``InferenceModel``: call it on a float
+its .xml, FP32 or INT8) and returns an ``InferenceModel`` (utils.inference): call it on a float
 tensor (B, 3, H, W), RGB, 0..1, and get the decoded predictions (B, N, 5 + nc) as a torch tensor
 (cx, cy, w, h in input pixels, objectness, class scores), whatever ran underneath.
 """
@@ -16,72 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.deploy.metadata import read_metadata, read_openvino_metadata
 from utils.device import half_dtype, select_device
 from utils.errors import WeightsError, WeightsNotFoundError
-from utils.paths import load_yaml_mapping
+from utils.inference import InferenceModel, TorchInferenceModel
 from utils.yolov5_checkpoint import missing_release_message
 
 LOGGER = logging.getLogger(__name__)
 
 LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.data.preprocess.letterbox, as a 0..1 value
-
-
-class InferenceModel:
-    """Common face of a PyTorch, ONNX Runtime or OpenVINO detector.
-
-    Attributes:
-        names: class names, nc: number of classes, stride: the largest stride (int), input sizes
-        must be multiples of it. fixed_input_hw: (height, width) a static ONNX graph was exported
-        for, else None (any multiple of ``stride`` works). kind: "pytorch", "onnx" or "openvino".
-        deploy: whether the weights are the fused (re-parameterized) form.
-        train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
-        detection uses it when no image size is given. half: whether it computes in half precision
-        (float16 on CUDA, bfloat16 on the CPU); its outputs are float32 either way.
-    """
-
-    kind = "base"
-
-    def __init__(self, names: list[str], stride: int, device: torch.device, deploy: bool) -> None:
-        self.names = list(names)
-        self.nc = len(self.names)
-        self.stride = int(stride)
-        self.device = device
-        self.deploy = deploy
-        self.fixed_input_hw: tuple[int, int] | None = None
-        self.train_img_size: int | None = None
-        self.half = False
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def warmup(self, img_hw: tuple[int, int] = (640, 640)) -> None:
-        """One forward pass on zeros, so the first timed image does not pay for allocation."""
-        self(torch.zeros(1, 3, *(self.fixed_input_hw or img_hw), device=self.device))
-
-
-class TorchInferenceModel(InferenceModel):
-    """A ``models.yolo.Model`` in eval mode. ``model`` is the underlying nn.Module.
-
-    half_precision: None (float32) or the autocast dtype of --half (utils.device.half_dtype). The
-    weights stay float32; convolutions run in that dtype and Detect decodes the boxes in float32."""
-
-    kind = "pytorch"
-
-    def __init__(
-        self, model: torch.nn.Module, device: torch.device, half_precision: torch.dtype | None = None
-    ) -> None:
-        super().__init__(model.names, int(model.stride.max()), device, bool(getattr(model, "deploy", False)))
-        # channels_last: oneDNN's convolutions run faster in NHWC (1.18x at 640, 1.7x at 320 measured on
-        # the 2-core CPU for fused repyolov5s), as do cuDNN's tensor-core kernels
-        self.model = model.to(memory_format=torch.channels_last)
-        self.half_precision = half_precision
-        self.half = half_precision is not None
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, torch.float32, memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.half_precision, enabled=self.half):
-            return self.model(images).float()
 
 
 class ArrayInferenceModel(InferenceModel):
@@ -141,8 +84,6 @@ class OnnxInferenceModel(ArrayInferenceModel):
         import onnx
         import onnxruntime as ort
 
-        from utils.deploy.export import read_metadata
-
         try:
             metadata = read_metadata(onnx.load(str(path), load_external_data=False))
         except Exception as error:  # protobuf raises DecodeError, RuntimeError, ... for a broken file
@@ -184,13 +125,7 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         xml = openvino_xml(path)
         if half:
             half_dtype(torch.device("cpu"))  # OpenVINO runs on the CPU: bf16 only where it is native
-        metadata_file = xml.parent / "metadata.yaml"
-        if not metadata_file.is_file():
-            raise WeightsError(
-                f"{xml.parent} has no metadata.yaml beside {xml.name}, so it was not exported by RepYOLO; "
-                "export the checkpoint with convert.py --openvino."
-            )
-        metadata = load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
+        metadata = read_openvino_metadata(xml)
         try:
             core = ov.Core()
             compiled = core.compile_model(

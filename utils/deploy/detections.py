@@ -14,8 +14,8 @@ import torch
 from utils.boxes import box_xyxy_to_xywh
 from utils.data.config import IMAGE_SUFFIXES
 from utils.errors import ConfigError
+from utils.evaluation.plots import draw_boxes
 from utils.paths import increment_path
-from utils.plots import draw_boxes
 
 
 def plural(name: str, count: int) -> str:

@@ -24,10 +24,11 @@ from PIL import Image, ImageOps
 from utils.boxes import scale_boxes_to_original
 from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.data.sources import read_image
-from utils.deploy.backend import InferenceModel, TorchInferenceModel, load_inference_model
+from utils.deploy.backend import load_inference_model
 from utils.deploy.detections import Detections, Failure
 from utils.device import half_dtype, select_device, time_sync
 from utils.errors import ConfigError, ImageError
+from utils.inference import InferenceModel, TorchInferenceModel
 from utils.nms import non_max_suppression
 
 LOGGER = logging.getLogger(__name__)

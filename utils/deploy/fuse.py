@@ -1,9 +1,11 @@
-"""Fusing a trained checkpoint for deployment: the fused copy, its check against the training form on
-real images, and the before/after report convert.py prints."""
+"""Fusing a trained checkpoint for deployment, the first steps of convert.py: the fused copy and its
+check against the training form on real images (fuse), the fused checkpoint (save_fused), and the
+before/after report."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -13,23 +15,37 @@ from torch import nn
 from models import reparam
 from models.blocks import BLOCKS, ReparamBlock
 from models.yolo import count_gflops, count_parameters
-from utils.checkpoint import model_from_checkpoint
+from utils.checkpoint import make_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.data.config import image_files_from_sources
 from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.deploy.timing import channels_last_call, interleaved_latency
+from utils.errors import ConversionError
 
 LOGGER = logging.getLogger(__name__)
 
 MAX_RELATIVE_ERROR = 1e-5
 VERIFY_IMAGES = 8
-BLOCK_KINDS = {"ACBlock": "acb", "DiverseBranchBlock": "dbb"}  # report keys not derived from the name
+# Checkpoint keys that describe the run and stay useful beside the fused weights.
+CARRIED_KEYS = ("epoch", "best_fitness", "date", "hyp", "opt", "data", "results")
+
+
+@dataclass
+class FusionResult:
+    """A checkpoint's training form, its fused copy and their comparison on ``images`` (B, 3, img_size,
+    img_size), RGB 0..1, which ``input`` describes."""
+
+    trained: nn.Module
+    fused: nn.Module
+    images: torch.Tensor
+    input: str
+    img_size: int  # the requested size rounded up to the stride
+    max_abs: float
+    max_rel: float
 
 
 def count_modules(model: nn.Module) -> dict:
-    """Parameters, Conv2d and BatchNorm modules, and per registered re-parameterizable block kind its
-    multi-branch and fused counts: flat keys such as "repvgg" / "repvgg_fused" ("acb", "dbb", ... for the
-    others, see block_kind), and "blocks": {registry name: {"multi_branch": n, "fused": n}} for the kinds
-    the model has."""
+    """Parameters, Conv2d and BatchNorm modules, and "blocks": {registry name: {"multi_branch": n,
+    "fused": n}} for each re-parameterizable block kind the model has."""
     modules = list(model.modules())
     counts = {
         "parameters": count_parameters(model),
@@ -42,16 +58,9 @@ def count_modules(model: nn.Module) -> dict:
             continue
         of_kind = [m for m in modules if type(m) is cls]  # exact: a subclass is its own kind
         multi_branch = sum(not m.deploy for m in of_kind)
-        kind = block_kind(name)
-        counts[kind], counts[f"{kind}_fused"] = multi_branch, len(of_kind) - multi_branch
         if of_kind:
             counts["blocks"][name] = {"multi_branch": multi_branch, "fused": len(of_kind) - multi_branch}
     return counts
-
-
-def block_kind(name: str) -> str:
-    """The report key of a registered block: RepVGGBlock -> repvgg, DiverseBranchBlock -> dbb, ..."""
-    return BLOCK_KINDS.get(name, name.removesuffix("Block").lower())
 
 
 def verification_input(ckpt: dict, img_size: int, device: torch.device) -> tuple[torch.Tensor, str]:
@@ -86,24 +95,38 @@ def training_img_size(ckpt: dict) -> int:
     return int((ckpt.get("opt") or {}).get("img_size") or 640)
 
 
-def fuse_and_verify(ckpt: dict, img_size: int, device: torch.device) -> dict:
-    """Build the training form and its fused copy and compare them on real images (see verification_input)
-    at img_size rounded up to the stride; -> {"trained", "fused", "images", "input" (what the images are),
-    "img_size", "abs", "rel" (max errors)}."""
+def fuse(ckpt: dict, img_size: int, device: torch.device) -> FusionResult:
+    """Build the training form of ``ckpt`` and its fused copy and compare them on real images (see
+    verification_input) at img_size rounded up to the stride."""
     trained = model_from_checkpoint(ckpt).to(device).float().eval()
     fused = reparam.reparameterized_copy(trained).eval()
     img_size = check_img_size(img_size, int(trained.stride.max()))
     images, described = verification_input(ckpt, img_size, device)
     max_abs, max_rel = reparam.verify(trained, fused, images)
-    return {
-        "trained": trained,
-        "fused": fused,
-        "images": images,
-        "input": described,
-        "img_size": img_size,
-        "abs": max_abs,
-        "rel": max_rel,
-    }
+    return FusionResult(trained, fused, images, described, img_size, max_abs, max_rel)
+
+
+def load_fused(ckpt: dict, img_size: int, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
+    """An already fused checkpoint's model and the images to check its exports on (verification_input),
+    at img_size rounded up to the stride."""
+    model = model_from_checkpoint(ckpt).to(device).float().eval()
+    img_size = check_img_size(img_size, int(model.stride.max()))
+    return model, verification_input(ckpt, img_size, device)[0]
+
+
+def save_fused(result: FusionResult, ckpt: dict, weights: Path, output: Path) -> Path:
+    """Save the fused model of ``ckpt`` (read from ``weights``) to ``output``, with the run's CARRIED_KEYS,
+    if it reproduces the training form within MAX_RELATIVE_ERROR; ConversionError otherwise. OSError
+    when ``output`` cannot be written."""
+    if not result.max_rel <= MAX_RELATIVE_ERROR:
+        raise ConversionError(
+            f"fused model of {weights} differs from the training form by relative error {result.max_rel:.3g} "
+            f"(limit {MAX_RELATIVE_ERROR:g}) on {result.input}; not saved — check the checkpoint's BN "
+            f"statistics for NaN/inf or report the model config."
+        )
+    carried = {key: ckpt[key] for key in CARRIED_KEYS if key in ckpt}
+    save_checkpoint(make_checkpoint(result.fused, **carried, converted_from=str(weights)), output)
+    return output
 
 
 def format_report(report: dict) -> str:
@@ -143,24 +166,26 @@ def block_rows(before: dict, after: dict) -> list[tuple[str, int, int]]:
     return rows
 
 
-def fusion_report(result: dict, weights: Path, output: Path, img_size: int, runs: int, threads: int) -> dict:
+def fusion_report(result: FusionResult, weights: Path, output: Path, runs: int, threads: int) -> dict:
     """The before/after table's numbers: module counts, GFLOPs and interleaved batch-1 latency."""
-    trained, fused = result["trained"], result["fused"]
-    single = result["images"][:1]
-    calls = {"trained": channels_last_call(trained, single), "fused": channels_last_call(fused, single)}
+    single = result.images[:1]
+    calls = {
+        "trained": channels_last_call(result.trained, single),
+        "fused": channels_last_call(result.fused, single),
+    }
     latency = interleaved_latency(calls, runs, threads)
     report = {
         "status": "converted",
         "weights": str(weights),
         "output": str(output),
-        "input": result["input"],
-        "img_size": img_size,
+        "input": result.input,
+        "img_size": result.img_size,
         "threads": threads or torch.get_num_threads(),
-        "max_abs_error": float(result["abs"]),
-        "max_rel_error": float(result["rel"]),
+        "max_abs_error": float(result.max_abs),
+        "max_rel_error": float(result.max_rel),
     }
-    for key, model in (("before", trained), ("after", fused)):
-        report[key] = {**count_modules(model), "gflops": count_gflops(model, img_size)}
+    for key, model in (("before", result.trained), ("after", result.fused)):
+        report[key] = {**count_modules(model), "gflops": count_gflops(model, result.img_size)}
     report["before"]["latency_ms"], report["after"]["latency_ms"] = latency["trained"], latency["fused"]
     report["latency_ratio"] = latency["trained"] / latency["fused"]
     return report

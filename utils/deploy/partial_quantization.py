@@ -24,27 +24,27 @@ import numpy as np
 import onnx
 import torch
 
-from utils.deploy.backend import (
-    InferenceModel,
-    OnnxInferenceModel,
-    OpenVINOInferenceModel,
-    openvino_cpu_config,
-)
-from utils.deploy.quantize import (
-    calibration_batches,
-    consumers_of,
-    decode_tail_nodes,
-    openvino_names,
-    quantize_onnx,
-    quantize_openvino,
-)
+from utils.deploy.backend import OnnxInferenceModel, OpenVINOInferenceModel, openvino_cpu_config
+from utils.deploy.graph import conv_layers, producers_of
+from utils.deploy.quantize import calibration_batches, openvino_names, quantize_onnx, quantize_openvino
 from utils.evaluation.evaluate import evaluate
+from utils.inference import InferenceModel
 
 LOGGER = logging.getLogger(__name__)
 RANKING_IMAGES = 8  # calibration images on which each layer's share of the INT8 error is measured
 
-ACTIVATION_OPS = {"Sigmoid", "Mul", "Relu", "LeakyRelu", "Clip", "HardSigmoid", "HardSwish", "Tanh"}
 Scorer = Callable[[InferenceModel, list], float]  # (predictor, validation batches) -> points
+
+
+@dataclass
+class AccuracyTarget:
+    """What a partial quantization must hold: ``score`` (points, e.g. map_scorer's mAP50-95) of the INT8
+    model on the validation ``batches`` (as the loader yields them) within ``max_drop`` points of the
+    float model's."""
+
+    batches: list
+    score: Scorer
+    max_drop: float
 
 
 @dataclass
@@ -65,7 +65,7 @@ class BoundedResult:
     def describe(self) -> str:
         layers = ", ".join(self.kept_float) if self.kept_float else "none"
         text = (
-            f"{self.runtime} INT8 --max-drop {self.max_drop:g}: mAP50-95 {self.int8_score:.2f} vs float "
+            f"{self.runtime} INT8 within {self.max_drop:g} points: mAP50-95 {self.int8_score:.2f} vs float "
             f"{self.float_score:.2f} (drop {self.drop:.2f} points)"
         )
         if self.all_layers_score is not None:
@@ -120,7 +120,7 @@ def _without_quantization(
     before its QuantizeLinear, a weight or bias as the float initializer of the ``original`` graph."""
     model = onnx.ModelProto()
     model.CopyFrom(quantized)
-    producers = {output: node for node in model.graph.node for output in node.output}
+    producers = producers_of(model.graph)
     float_inputs = {node.name: list(node.input) for node in original.graph.node if node.name in nodes}
     float_weights = {init.name: init for init in original.graph.initializer}
     present = {init.name for init in model.graph.initializer}
@@ -156,45 +156,16 @@ def _remove_unused(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(initializer)
 
 
-def conv_layers(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """{conv name: the nodes of its layer}: every convolution outside the head with the activation that
-    follows it (SiLU is a Sigmoid and a Mul of the conv's output), which stay float together."""
-    graph = model.graph
-    tail = set(decode_tail_nodes(model))
-    consumers = consumers_of(graph)
-    layers = {}
-    for node in graph.node:
-        if node.op_type != "Conv" or node.name in tail:
-            continue
-        members, outputs, frontier = [node.name], set(node.output), list(node.output)
-        while frontier:
-            for child in consumers.get(frontier.pop(), []):
-                inside = all(name in outputs for name in child.input)
-                if child.op_type in ACTIVATION_OPS and inside and child.name not in members:
-                    members.append(child.name)
-                    outputs.update(child.output)
-                    frontier.extend(child.output)
-        layers[node.name] = members
-    return layers
-
-
-def quantize_onnx_bounded(
-    fp32_path: Path,
-    int8_path: Path,
-    files: list[str],
-    img_size: int,
-    batches: list,
-    score: Scorer,
-    max_drop: float,
+def quantize_onnx_within(
+    fp32_path: Path, int8_path: Path, files: list[str], img_size: int, target: AccuracyTarget
 ) -> BoundedResult:
     """ONNX Runtime INT8 of ``fp32_path`` written to ``int8_path`` with the fewest top-ranked convolutions
-    kept float that hold ``score`` on the validation ``batches`` within ``max_drop`` points of the float
-    model (every convolution float, at worst). One calibrated quantization; keeping a layer float then
-    means its inputs read the float tensors and weights again in that graph."""
+    kept float that hold the ``target`` (every convolution float, at worst). One calibrated quantization;
+    keeping a layer float then means its inputs read the float tensors and weights again in that graph."""
     device = torch.device("cpu")
     original = onnx.load(str(fp32_path))
     layers = conv_layers(original)
-    float_score = score(OnnxInferenceModel(fp32_path, device), batches)
+    float_score = target.score(OnnxInferenceModel(fp32_path, device), target.batches)
     with tempfile.TemporaryDirectory(prefix="repyolo-int8-") as folder:
         workdir = Path(folder)
         quantize_onnx(fp32_path, workdir / "all.onnx", files, img_size)
@@ -206,32 +177,39 @@ def quantize_onnx_bounded(
 
         scores: dict[int, float] = {}
 
-        def score_keeping(count: int) -> float:
+        def drop_keeping(count: int) -> float:
             if count not in scores:
                 onnx.save(keeping(ranking[:count]), str(workdir / "candidate.onnx"))
-                scores[count] = score(OnnxInferenceModel(workdir / "candidate.onnx", device), batches)
+                candidate = OnnxInferenceModel(workdir / "candidate.onnx", device)
+                scores[count] = target.score(candidate, target.batches)
                 LOGGER.info("INT8 ONNX, %d convolutions float: mAP50-95 %.2f", count, scores[count])
-            return scores[count]
+            return float_score - scores[count]
 
         ranking: list[str] = []
-        all_layers = score_keeping(0)
         count = 0
-        if float_score - all_layers > max_drop:
+        if drop_keeping(0) > target.max_drop:
             probes = [torch.from_numpy(b) for b in calibration_batches(files[:RANKING_IMAGES], img_size)]
             ranking = [conv for conv, _ in rank_onnx_layers(quantized, original, probes, workdir)]
-            low, high = 0, 1
-            while high < len(ranking) and float_score - score_keeping(high) > max_drop:
-                low, high = high, min(2 * high, len(ranking))
-            while high - low > 1:  # score(high) is within bounds (or high keeps every conv float)
-                middle = (low + high) // 2
-                if float_score - score_keeping(middle) <= max_drop:
-                    high = middle
-                else:
-                    low = middle
-            count = high
-        final = score_keeping(count)  # the graph written next, scored once in the search (or now)
+            count = fewest_within(drop_keeping, len(ranking), target.max_drop)
+        drop_keeping(count)  # the graph written next, scored once in the search (or now)
         onnx.save(keeping(ranking[:count]), str(int8_path))
-    return BoundedResult("ONNX Runtime", max_drop, float_score, final, ranking[:count], all_layers)
+    kept = ranking[:count]
+    return BoundedResult("ONNX Runtime", target.max_drop, float_score, scores[count], kept, scores[0])
+
+
+def fewest_within(drop: Callable[[int], float], most: int, max_drop: float) -> int:
+    """The smallest count in 1..most whose ``drop(count)`` is at most ``max_drop`` (``most`` when none is),
+    for a drop that shrinks as the count grows: doubling, then bisection."""
+    low, high = 0, 1
+    while high < most and drop(high) > max_drop:
+        low, high = high, min(2 * high, most)
+    while high - low > 1:  # drop(high) is within bounds (or high is most)
+        middle = (low + high) // 2
+        if drop(middle) <= max_drop:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def float_convolutions(model) -> list[str]:
@@ -255,20 +233,18 @@ def float_convolutions(model) -> list[str]:
     ]
 
 
-def quantize_openvino_bounded(
+def quantize_openvino_within(
     fp32_xml: Path,
     int8_xml: Path,
     files: list[str],
     img_size: int,
     kept_float: list[str],
-    batches: list,
-    score: Scorer,
+    target: AccuracyTarget,
     metadata: dict,
-    max_drop: float,
 ) -> BoundedResult:
-    """NNCF's accuracy-controlled quantization of an OpenVINO IR against ``score`` on the validation
-    ``batches`` (one item per batch), the ``kept_float`` nodes (the head) always float; saved as
-    ``int8_xml``."""
+    """NNCF's accuracy-controlled quantization of an OpenVINO IR against the ``target`` (its batches: one
+    item per batch), the ``kept_float`` nodes (the head) always float; saved as ``int8_xml``. ``metadata``:
+    the IR's export metadata (names, stride)."""
     import nncf
     import openvino as ov
 
@@ -277,24 +253,25 @@ def quantize_openvino_bounded(
 
     def score_ir(xml: Path) -> float:
         compiled = core.compile_model(core.read_model(str(xml)), "CPU", openvino_cpu_config())
-        return score(OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(xml)), batches)
+        predictor = OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(xml))
+        return target.score(predictor, target.batches)
 
     float_score = score_ir(fp32_xml)
     if float_score <= 0:  # nothing to lose (an untrained model); NNCF's search would divide by it
         quantize_openvino(fp32_xml, int8_xml, files, img_size, kept_float)
-        return BoundedResult("OpenVINO", max_drop, float_score, score_ir(int8_xml))
+        return BoundedResult("OpenVINO", target.max_drop, float_score, score_ir(int8_xml))
     model = core.read_model(str(fp32_xml))
 
     def validate(compiled, items) -> tuple[float, None]:
         predictor = OpenVINOInferenceModel.from_compiled(compiled, metadata, device, str(fp32_xml))
-        return score(predictor, list(items)), None
+        return target.score(predictor, list(items)), None
 
     quantized = nncf.quantize_with_accuracy_control(
         model,
         nncf.Dataset(list(calibration_batches(files, img_size))),
-        nncf.Dataset(batches),
+        nncf.Dataset(target.batches),
         validate,
-        max_drop=max_drop,
+        max_drop=target.max_drop,
         drop_type=nncf.DropType.ABSOLUTE,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(files),
@@ -302,6 +279,5 @@ def quantize_openvino_bounded(
     )
     int8_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(int8_xml), compress_to_fp16=False)
-    int8_score = score_ir(int8_xml)
     reverted = [name for name in float_convolutions(quantized) if name not in kept_float]
-    return BoundedResult("OpenVINO", max_drop, float_score, int8_score, reverted)
+    return BoundedResult("OpenVINO", target.max_drop, float_score, score_ir(int8_xml), reverted)

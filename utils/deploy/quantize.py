@@ -21,35 +21,12 @@ import onnx
 
 from utils.data.config import image_files_from_sources, load_data_config
 from utils.data.preprocess import image_to_tensor, letterbox
-from utils.deploy.export import INPUT_NAME
+from utils.deploy.graph import decode_tail_nodes
+from utils.deploy.metadata import INPUT_NAME
 from utils.errors import DataError, DataNotFoundError
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_CALIBRATION_IMAGES = 128
-
-
-def consumers_of(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """{tensor name: the nodes that read it}."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
-
-
-def decode_tail_nodes(onnx_model: onnx.ModelProto) -> list[str]:
-    """Names of the head's last convolutions and of every node after them: the nodes from which no
-    path leads to another Conv."""
-    graph = onnx_model.graph
-    consumers = consumers_of(graph)
-    feeds_conv: dict[str, bool] = {}
-    for node in reversed(graph.node):  # nodes are topologically sorted: children come first here
-        feeds_conv[node.name] = any(
-            child.op_type == "Conv" or feeds_conv.get(child.name, False)
-            for out in node.output
-            for child in consumers.get(out, [])
-        )
-    return [node.name for node in graph.node if not feeds_conv[node.name]]
 
 
 def calibration_files(ckpt: dict, calib_data: str | Path | None, count: int) -> list[str]:

@@ -39,7 +39,7 @@ def interleaved_latency(
 
 def channels_last_call(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A call of a channels_last copy of ``model`` on a channels_last ``x``: how PyTorch inference runs
-    (utils.deploy.backend.TorchInferenceModel), so that its latency rows time what val.py and detect.py
+    (utils.inference.TorchInferenceModel), so that its latency rows time what val.py and detect.py
     run."""
     converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)

@@ -1,7 +1,7 @@
 """``evaluate(predictor, loader, names)``: run a detector over a validation loader and measure it the COCO
 way. The trainer calls it every epoch and val.py calls it from the command line; neither duplicates it.
 
-A predictor is anything with the ``utils.deploy.backend.InferenceModel`` face: called on a float
+A predictor is anything with the ``utils.inference.InferenceModel`` face: called on a float
 (B, 3, H, W) RGB 0..1 tensor it returns decoded predictions (B, N, 5 + nc), and it has ``device``.
 """
 
@@ -134,19 +134,27 @@ class EvaluationResult:
         )
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """NMS settings of a validation: yolov5's val.py defaults."""
+
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    max_det: int = 300
+
+
 def evaluate(
     predictor,
     loader,
     names: list[str],
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.6,
-    max_det: int = 300,
+    thresholds: Thresholds = Thresholds(),
     speed_only: bool = False,
     quiet: bool = False,
     on_image: ImageHook | None = None,
 ) -> EvaluationResult:
     """Predict on every batch of ``loader`` (items as utils.data.dataset.collate makes them), apply
-    class-aware multi-label NMS and match the detections to the labels in original-image pixels.
+    class-aware multi-label NMS (``thresholds``) and match the detections to the labels in original-image
+    pixels.
 
     speed_only: time the stages and skip the matching (yolov5's speed task).
     on_image: called with each image's detections, e.g. to write YOLO txt or COCO JSON predictions.
@@ -161,7 +169,8 @@ def evaluate(
         loaded = time_sync()
         prediction = predictor(inputs)  # (B, N, 5 + nc)
         inferred = time_sync()
-        detections = non_max_suppression(prediction, conf_thres, iou_thres, multi_label=True, max_det=max_det)
+        conf, iou, max_det = thresholds.conf_thres, thresholds.iou_thres, thresholds.max_det
+        detections = non_max_suppression(prediction, conf, iou, multi_label=True, max_det=max_det)
         result.seconds += (loaded - start, inferred - loaded, time_sync() - inferred)
         result.images += len(images)
         result.input_shape = max(result.input_shape, tuple(inputs.shape), key=lambda s: s[2] * s[3])

@@ -1,4 +1,5 @@
-"""Metric plots: PR and F1 curves, confusion matrix (validation) and results.png (training).
+"""Every plot: boxes drawn on images (detect.py), the training-batch grid (train_batch0.jpg), label
+statistics (labels.jpg), the metric curves and confusion matrix (validation) and results.png (training).
 
 Figures are built with ``matplotlib.figure.Figure`` directly, so no pyplot state or GUI backend
 is involved and plotting works headless and from several threads.
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
+from utils.boxes import box_xywh_to_xyxy
 from utils.evaluation.metrics import CONF_GRID, RECALL_THRESHOLDS, ConfusionMatrix, DetectionMetrics
 from utils.paths import atomic_open
 
@@ -140,3 +145,145 @@ def plot_results(results_csv: str | Path, out_file: str | Path | None = None) ->
     with atomic_open(out_file, "wb") as file:  # rewritten by every resumed run
         figure.savefig(file, format="png", dpi=150)
     return out_file
+
+
+# --- boxes, batches and labels -----------------------------------------------------------------
+
+# 20 distinct colors (RGB hex); class i uses entry i % 20.
+_PALETTE_HEX = (
+    "E6194B 3CB44B FFE119 4363D8 F58231 911EB4 46F0F0 F032E6 BCF60C FABEBE "
+    "008080 E6BEFF 9A6324 FFFAC8 800000 AAFFC3 808000 FFD8B1 000075 808080"
+).split()
+_PALETTE_BGR = [(int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)) for h in _PALETTE_HEX]
+
+
+def colors(class_index: int) -> tuple[int, int, int]:
+    """The (b, g, r) drawing color of a class."""
+    return _PALETTE_BGR[int(class_index) % len(_PALETTE_BGR)]
+
+
+def draw_boxes(
+    img_bgr: np.ndarray,
+    boxes_xyxy,
+    classes,
+    scores=None,
+    names: list[str] | None = None,
+    line_thickness: int = 3,
+    hide_labels: bool = False,
+    hide_conf: bool = False,
+) -> np.ndarray:
+    """Draw boxes (n, 4) xyxy pixels with class (n,) and optional score (n,) labels onto img_bgr, in place.
+    -> img_bgr."""
+    boxes = np.asarray(boxes_xyxy.cpu() if isinstance(boxes_xyxy, torch.Tensor) else boxes_xyxy, dtype=float)
+    classes = (
+        np.asarray(classes.cpu() if isinstance(classes, torch.Tensor) else classes).astype(int).reshape(-1)
+    )
+    if scores is not None:
+        scores = np.asarray(
+            scores.cpu() if isinstance(scores, torch.Tensor) else scores, dtype=float
+        ).reshape(-1)
+    thickness = max(int(line_thickness), 1)
+    font_scale = thickness / 3
+    for i, (box, cls) in enumerate(zip(boxes.reshape(-1, 4), classes)):
+        color = colors(cls)
+        p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
+        cv2.rectangle(img_bgr, p1, p2, color, thickness, cv2.LINE_AA)
+        if hide_labels:
+            continue
+        text = names[cls] if names and 0 <= cls < len(names) else str(cls)
+        if scores is not None and not hide_conf:
+            text = f"{text} {scores[i]:.2f}"
+        (text_w, text_h), baseline = cv2.getTextSize(
+            text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(thickness - 1, 1)
+        )
+        above = p1[1] - text_h - baseline >= 0
+        top = p1[1] - text_h - baseline if above else p1[1]
+        cv2.rectangle(
+            img_bgr, (p1[0], top), (p1[0] + text_w, top + text_h + baseline), color, -1, cv2.LINE_AA
+        )
+        cv2.putText(
+            img_bgr,
+            text,
+            (p1[0], top + text_h),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            max(thickness - 1, 1),
+            cv2.LINE_AA,
+        )
+    return img_bgr
+
+
+def plot_batch(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    paths: list[str],
+    out_file: str | Path,
+    names: list[str] | None = None,
+    max_images: int = 16,
+    max_size: int = 1920,
+) -> None:
+    """Save a grid of up to 16 batch images with their boxes.
+
+    images: (B, 3, H, W) RGB, uint8 or float in 0..1. targets: (M, 6) [index, class, cx, cy, w, h]
+    normalized, or (M, 7) with a trailing score (predictions).
+    """
+    images = images[:max_images].detach().cpu().float()
+    if images.max() <= 1.0:
+        images = images * 255
+    targets = targets.detach().cpu().float()
+    count, _, height, width = images.shape
+    grid = math.ceil(count**0.5)
+    scale = min(1.0, max_size / (grid * max(height, width)))
+    cell_h, cell_w = math.ceil(height * scale), math.ceil(width * scale)
+    canvas = np.full((grid * cell_h, grid * cell_w, 3), 255, dtype=np.uint8)
+    for i in range(count):
+        img = np.ascontiguousarray(images[i].numpy().astype(np.uint8).transpose(1, 2, 0)[..., ::-1])
+        if scale < 1:
+            img = cv2.resize(img, (cell_w, cell_h), interpolation=cv2.INTER_AREA)
+        rows = targets[targets[:, 0] == i]
+        if len(rows):
+            boxes = box_xywh_to_xyxy(rows[:, 2:6]).numpy() * [cell_w, cell_h, cell_w, cell_h]
+            scores = rows[:, 6].numpy() if rows.shape[1] > 6 else None
+            draw_boxes(img, boxes, rows[:, 1].numpy(), scores, names, line_thickness=1)
+        if i < len(paths):
+            cv2.putText(
+                img, Path(paths[i]).name[:40], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (220, 220, 220), 1
+            )
+        y, x = (i // grid) * cell_h, (i % grid) * cell_w
+        canvas[y : y + cell_h, x : x + cell_w] = img
+        cv2.rectangle(canvas, (x, y), (x + cell_w - 1, y + cell_h - 1), (255, 255, 255), 2)
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out_file), canvas)
+
+
+def plot_labels(labels, names: list[str], out_file: str | Path) -> None:
+    """Save class counts, box-center and box-size scatter plots. labels: list of (n, 5) arrays or one
+    (N, 5) array of rows (class, cx, cy, w, h) normalized."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if isinstance(labels, (list, tuple)):
+        labels = [np.asarray(lb, dtype=float).reshape(-1, 5) for lb in labels]
+        labels = np.concatenate(labels, 0) if labels else np.zeros((0, 5))
+    labels = np.asarray(labels, dtype=float).reshape(-1, 5)
+    nc = max(len(names), int(labels[:, 0].max()) + 1 if len(labels) else 0)
+    counts = np.bincount(labels[:, 0].astype(int), minlength=nc)
+    point_colors = [np.array(colors(c)[::-1]) / 255 for c in labels[:, 0].astype(int)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5), tight_layout=True)
+    axes[0].bar(range(nc), counts, color=[np.array(colors(c)[::-1]) / 255 for c in range(nc)])
+    axes[0].set_ylabel("instances")
+    if nc <= 30:
+        axes[0].set_xticks(
+            range(nc), [names[i] if i < len(names) else str(i) for i in range(nc)], rotation=90
+        )
+    axes[0].set_title(f"{len(labels)} boxes, {nc} classes")
+    axes[1].scatter(labels[:, 1], labels[:, 2], s=2, alpha=0.4, c=point_colors or None)
+    axes[1].set(xlim=(0, 1), ylim=(1, 0), xlabel="x", ylabel="y", title="box centers")
+    axes[2].scatter(labels[:, 3], labels[:, 4], s=2, alpha=0.4, c=point_colors or None)
+    axes[2].set(xlim=(0, 1), ylim=(0, 1), xlabel="width", ylabel="height", title="box sizes")
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_file, dpi=100)
+    plt.close(fig)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.checkpoint import load_checkpoint
+from utils.cli import device_option, exist_ok_option, name_option, option, project_option
 from utils.data.config import bundled_defaults
 from utils.errors import CheckpointError, ConfigError
 from utils.paths import latest_run
@@ -23,32 +24,55 @@ NOT_RESUMED = ("device", "workers")
 
 @dataclass
 class TrainOptions:
-    """What train.py's flags set. img_size, epochs, batch_size and hyp may be None until ``resolve``."""
+    """What train.py's flags set: each field is its flag (utils.cli.option). img_size, epochs, batch_size and
+    hyp may be None until ``resolve``."""
 
-    cfg: str = ""  # model YAML (bare names: models/)
-    weights: str = ""  # start from a checkpoint, ours or yolov5's (utils.checkpoint.grow_from_checkpoint)
-    data: str | None = None  # dataset YAML (None: the bundled shapes dataset)
-    hyp: str | None = None  # hyperparameter YAML (bare names: data/hyps/)
-    epochs: int | None = None
-    batch_size: int | None = None  # total over all processes
-    img_size: int | None = None
-    device: str = ""
-    workers: int = 2  # dataloader workers per process
-    resume: bool | str = False  # True: the latest run; a path: that last.pt
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    seed: int = 0
-    cache: str | None = None
-    repeat: int = 0  # passes over the training set per epoch (0: enough for 16 batches, see epoch_repeats)
-    optimizer: str = "SGD"
-    cos_lr: bool = False
-    patience: int = 100
-    freeze: int = 0
-    sync_bn: bool = False
-    plots: bool = True  # labels.jpg, train_batch0.jpg, results.png and the final validation plots
-    tensorboard: bool = True  # log to TensorBoard when the package is installed (rank 0)
-    amp: bool = True  # mixed precision where fast: float16 on CUDA, bfloat16 on a CPU with it natively
+    cfg: str = option("", "model YAML, e.g. repyolov5s.yaml (bare names: models/)")
+    weights: str = option(
+        "",
+        "start from a checkpoint: ours or an ultralytics/yolov5 .pt such as yolov5s.pt (never downloaded); "
+        "with a re-parameterized --cfg its plain convs grow into the blocks",
+    )  # see utils.checkpoint.grow_from_checkpoint
+    data: str | None = option(None, "dataset YAML (default: the bundled shapes dataset)")
+    hyp: str | None = option(None, "hyperparameter YAML (bare names: data/hyps/)")
+    epochs: int | None = option(None, None, type=int)
+    batch_size: int | None = option(None, "total over all GPUs", type=int)
+    img_size: int | None = option(None, None, "--img", "--img-size", "--imgsz", type=int)
+    device: str = device_option()
+    workers: int = option(2, "dataloader workers per process")
+    resume: bool | str = option(
+        False, "last.pt to resume (bare: latest)", nargs="?", const=True, action="store"
+    )
+    project: str = project_option("runs/train")
+    name: str = name_option()
+    exist_ok: bool = exist_ok_option()
+    seed: int = option(0, None)
+    cache: str | None = option(
+        None,
+        "cache decoded images in RAM, or on disk as .npy files beside the images",
+        nargs="?",
+        const="ram",
+        choices=["ram", "disk"],
+    )
+    repeat: int = option(
+        0, "passes over the training set per epoch (default 0: enough for 16 batches; 1: one pass)"
+    )  # see utils.train.optim.epoch_repeats
+    optimizer: str = option("SGD", None, choices=["SGD", "AdamW"])
+    cos_lr: bool = option(False, "cosine learning-rate decay (default: linear)")
+    patience: int = option(100, "early stop after N epochs without improvement")
+    freeze: int = option(0, "freeze the first N layers")
+    sync_bn: bool = option(False, "SyncBatchNorm under multi-GPU DDP")
+    plots: bool = option(True, "save no plot files", "--noplots", action="store_false")
+    tensorboard: bool = option(
+        True, "do not write TensorBoard logs", "--no-tensorboard", action="store_false"
+    )  # written by rank 0 when the package is installed
+    amp: bool = option(
+        True,
+        "train in float32 (default: mixed precision, float16 on CUDA and bfloat16 on a CPU that computes "
+        "it natively)",
+        "--no-amp",
+        action="store_false",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}

@@ -4,6 +4,8 @@ clipping and the EMA update."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -16,14 +18,28 @@ from utils.train.optim import EpochSchedule, apply_warmup
 GRAD_CLIP_NORM = 10.0
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How batches become optimizer steps.
+
+    accumulate: batches per optimizer step after warmup; warmup: iterations of learning-rate and
+    momentum warmup (accumulation ramps up over them too); last_step: the iteration of the last
+    optimizer step (a resumed run's, else -1); loss_scale: multiplies the loss before backward (DDP
+    averages gradients over ranks, so a distributed run passes its world size to keep the per-image
+    scale)."""
+
+    accumulate: int = 1
+    warmup: int = 0
+    last_step: int = -1
+    loss_scale: float = 1.0
+
+
 class OptimizerStep:
     """Call ``step(loss, iteration)`` once per batch: it back-propagates ``loss`` and, when enough batches
     have accumulated, clips the gradients, steps the optimizer and updates the EMA.
 
     Iterations are counted from the start of training (epoch * batches + i), so warmup and
-    accumulation continue seamlessly after a resume (pass the resumed ``last_step``).
-    loss_scale: multiplies the loss before backward; DDP averages gradients over ranks, so a
-    distributed run passes its world size to keep the per-image scale.
+    accumulation continue seamlessly after a resume (``plan.last_step``).
     precision: the forward pass's autocast dtype (utils.device.training_precision); float16 also turns
     on the GradScaler.
     """
@@ -34,21 +50,13 @@ class OptimizerStep:
         optimizer: torch.optim.Optimizer,
         schedule: EpochSchedule,
         hyp: Hyp,
-        *,
-        accumulate: int,
-        warmup: int,
+        plan: StepPlan,
         ema: ModelEMA | None = None,
         precision: Precision = FLOAT32,
-        last_step: int = -1,
-        loss_scale: float = 1.0,
     ):
         self.model, self.optimizer, self.schedule, self.hyp, self.ema = model, optimizer, schedule, hyp, ema
-        self.accumulate, self.warmup, self.last_step, self.loss_scale = (
-            accumulate,
-            warmup,
-            last_step,
-            loss_scale,
-        )
+        self.accumulate, self.warmup, self.loss_scale = plan.accumulate, plan.warmup, plan.loss_scale
+        self.last_step = plan.last_step
         self.device, self.precision = next(model.parameters()).device, precision
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.scaled)
         self.adamw = isinstance(optimizer, torch.optim.AdamW)

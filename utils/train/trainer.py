@@ -26,17 +26,16 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.data.config import load_data_config
-from utils.data.dataset import create_dataloader
+from utils.data.dataset import LoaderConfig, create_dataloader
 from utils.data.preprocess import check_img_size
-from utils.deploy.backend import TorchInferenceModel
 from utils.device import init_seeds, select_device, training_precision
 from utils.errors import CheckpointError, ConfigError
 from utils.evaluation.evaluate import EvaluationResult, evaluate
 from utils.evaluation.metrics import fitness
-from utils.evaluation.plots import plot_results
+from utils.evaluation.plots import plot_batch, plot_labels, plot_results
 from utils.hyp import Hyp, load_hyp
+from utils.inference import TorchInferenceModel
 from utils.paths import increment_path, write_text_atomic
-from utils.plots import plot_batch, plot_labels
 from utils.train.autoanchor import check_anchors
 from utils.train.distributed import DistributedContext, broadcast_flag, init_distributed, main_process_first
 from utils.train.ema import ModelEMA, unwrap_model
@@ -52,7 +51,7 @@ from utils.train.optim import (
 )
 from utils.train.options import TrainOptions, resume_options
 from utils.train.results import EarlyStopping, ResultsTable, row_fitness
-from utils.train.step import OptimizerStep
+from utils.train.step import OptimizerStep, StepPlan
 from utils.train.tensorboard import TensorBoardLogger
 
 LOGGER = logging.getLogger(__name__)
@@ -128,12 +127,12 @@ def build_model(
     nc: int,
     names: list[str],
     resume_ckpt: dict | None,
-    branch_gamma: float = 1.0,
+    branch_gamma: float = Hyp.rep_branch_gamma,
     start: Model | None = None,
 ) -> Model:
     """A model from the resumed run, the weights (`start`: see _transfer_weights) or the cfg.
     branch_gamma: the initial BN scale of the side branches of re-parameterized blocks that have them,
-    for a model trained from scratch (hyp rep_branch_gamma)."""
+    for a model trained from scratch (hyp rep_branch_gamma, whose default is this one's; 1.0 leaves them)."""
     if resume_ckpt is not None:
         model = Model(resume_ckpt["model_yaml"], nc=nc)
         model.load_state_dict(resume_ckpt["raw_model"])
@@ -216,17 +215,19 @@ class Trainer:
         options, context, stride = self.options, self.context, int(self.model.stride.max())
         per_rank_batch = options.batch_size // context.world_size
         common = dict(workers=options.workers, cache=options.cache, nc=self.data["nc"])
-        self.train_loader, self.train_set = create_dataloader(
-            self.data["train"], self.img_size, per_rank_batch, stride, self.hyp, augment=True, shuffle=True,
-            rank=context.rank, world_size=context.world_size, seed=options.seed, prefix="train: ",
-            repeat=options.repeat, **common,
+        train_config = LoaderConfig(
+            img_size=self.img_size, batch_size=per_rank_batch, stride=stride, hyp=self.hyp, augment=True,
+            shuffle=True, rank=context.rank, world_size=context.world_size, seed=options.seed,
+            prefix="train: ", repeat=options.repeat, **common,
         )  # fmt: skip
+        self.train_loader, self.train_set = create_dataloader(self.data["train"], train_config)
         self.val_loader = None
         if context.is_main:
-            self.val_loader, _ = create_dataloader(
-                self.data["val"], self.img_size, per_rank_batch * 2, stride, None, rect=True, pad=0.5,
+            val_config = LoaderConfig(
+                img_size=self.img_size, batch_size=per_rank_batch * 2, stride=stride, rect=True, pad=0.5,
                 prefix="val: ", **common,
             )  # fmt: skip
+            self.val_loader, _ = create_dataloader(self.data["val"], val_config)
 
     def _check_dataset_and_anchors(self) -> None:
         if self.options.plots:
@@ -277,12 +278,10 @@ class Trainer:
         precision = training_precision(self.device, options.amp)
         if self.context.is_main:
             LOGGER.info(f"Precision: {precision.name} ({precision.reason}).")
-        self.step = OptimizerStep(
-            self.model, optimizer, schedule, hyp, accumulate=accumulate,
-            warmup=warmup_iterations(hyp, self.batches, options.epochs), ema=ema,
-            precision=precision, last_step=self.start_epoch * self.batches - 1,
-            loss_scale=self.context.world_size,
-        )  # fmt: skip
+        warmup = warmup_iterations(hyp, self.batches, options.epochs)
+        last_step = self.start_epoch * self.batches - 1
+        plan = StepPlan(accumulate, warmup, last_step, loss_scale=self.context.world_size)
+        self.step = OptimizerStep(self.model, optimizer, schedule, hyp, plan, ema, precision)
 
     def train(self, stop_after_epochs: int | None = None) -> dict:
         """Run the remaining epochs; returns the run summary (see ``train``)."""

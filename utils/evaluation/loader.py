@@ -3,9 +3,9 @@ the INT8 accuracy control share, so a score computed during quantization is the 
 
 from __future__ import annotations
 
-from utils.data.dataset import create_dataloader
-from utils.deploy.backend import InferenceModel
+from utils.data.dataset import LoaderConfig, create_dataloader
 from utils.errors import DataError
+from utils.inference import InferenceModel
 
 
 def validation_loader(
@@ -21,8 +21,9 @@ def validation_loader(
             "or use --task val."
         )
     rect = task != "speed" and predictor.fixed_input_hw is None
-    loader, _ = create_dataloader(
-        sources, img_size, batch_size, stride=predictor.stride, rect=rect, pad=0.5 if rect else 0.0,
-        workers=workers, prefix=f"{split}: ", nc=predictor.nc,
+    config = LoaderConfig(
+        img_size=img_size, batch_size=batch_size, stride=predictor.stride, rect=rect,
+        pad=0.5 if rect else 0.0, workers=workers, prefix=f"{split}: ", nc=predictor.nc,
     )  # fmt: skip
+    loader, _ = create_dataloader(sources, config)
     return loader

@@ -1,0 +1,100 @@
+"""Command-line options declared once. Each script's options are a dataclass whose fields carry their
+flag's names and help text in their metadata (``option``); the parser is generated from it
+(``parse_options``) and ``script_main`` is the one main() of train.py, val.py, detect.py and convert.py.
+The flags shared by several scripts (run folder, device) are declared here, once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from typing import Any, Callable, Sequence, TypeVar
+
+from utils.errors import USER_ERRORS
+from utils.log import setup_logging
+
+LOGGER = logging.getLogger(__name__)
+Options = TypeVar("Options")
+
+
+def option(default: Any = None, help: str | None = None, *flags: str, **argparse_settings: Any) -> Any:
+    """A dataclass field that is also a command-line flag: ``flags`` are its option strings (default
+    --field-name), ``argparse_settings`` anything else add_argument takes (type, nargs, const, choices,
+    action, required). A bool that defaults to False becomes a store_true flag; an int or float default
+    gives the flag its type."""
+    metadata = {"help": help, "flags": flags, "argparse": argparse_settings}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# --- the flags several scripts share ------------------------------------------------------------
+
+
+def project_option(default: str) -> Any:
+    return option(default, "save to project/name")
+
+
+def name_option() -> Any:
+    return option("exp", "save to project/name")
+
+
+def exist_ok_option() -> Any:
+    return option(False, "reuse project/name instead of incrementing")
+
+
+def device_option(default: str = "", help: str = "cpu, 0 or 0,1 (empty: first GPU if any)") -> Any:
+    return option(default, help)
+
+
+def half_option() -> Any:
+    return option(
+        False, "half-precision inference: float16 on CUDA, bfloat16 on a CPU that computes it natively"
+    )
+
+
+# --- parser and main -------------------------------------------------------------------------------
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the dataclass ``cls`` that was declared with ``option``."""
+    for field in dataclasses.fields(cls):
+        if "argparse" not in field.metadata:
+            continue
+        settings = dict(field.metadata["argparse"])
+        default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        if default is False and "action" not in settings:
+            settings["action"] = "store_true"
+        elif type(default) in (int, float) and "type" not in settings and "action" not in settings:
+            settings["type"] = type(default)
+        if field.metadata["help"] is not None:
+            settings["help"] = field.metadata["help"]
+        if not settings.get("required"):
+            settings["default"] = default
+        flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
+        parser.add_argument(*flags, dest=field.name, **settings)
+
+
+def build_parser(cls: type, description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_options(parser, cls)
+    return parser
+
+
+def parse_options(cls: type[Options], argv: Sequence[str] | None, description: str | None) -> Options:
+    """The dataclass ``cls`` filled from the command line ``argv`` (None: sys.argv)."""
+    return cls(**vars(build_parser(cls, description).parse_args(argv)))
+
+
+def script_main(script: str, run: Callable[[Any], Any], options: Any, verbose: bool = True) -> tuple:
+    """What every script's main() does: log to the console, run, and turn a user error (utils.errors) into
+    one line naming the script. -> (exit status: 0, or 2 after a user error; run's result or None). The
+    script exits with that status: the library never ends the process."""
+    setup_logging(verbose=verbose)
+    try:
+        return 0, run(options)
+    except USER_ERRORS as error:
+        LOGGER.error(f"{script}: {error}")
+        return 2, None
