@@ -30,7 +30,7 @@ from utils.deploy.fuse import (
     format_report,
     fuse,
     fusion_report,
-    load_fused,
+    load_with_images,
     save_fused,
     training_img_size,
 )
@@ -132,7 +132,7 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
         report = {"status": "already fused", "weights": str(weights), "output": None}
         if not options.exports_onnx:
             return report
-        model, images = load_fused(ckpt, img_size, device)
+        model, images, _ = load_with_images(ckpt, img_size, device)
         onnx_path = weights.with_suffix(".onnx")
     else:
         output = Path(options.output) if options.output else default_output(weights)

@@ -17,8 +17,8 @@ class InferenceModel:
         for, else None (any multiple of ``stride`` works). kind: "pytorch", "onnx" or "openvino".
         deploy: whether the weights are the fused (re-parameterized) form.
         train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
-        detection uses it when no image size is given. half: whether it computes in half precision
-        (float16 on CUDA, bfloat16 on the CPU); its outputs are float32 either way.
+        detection uses it when no image size is given. half_precision: the dtype it computes in with
+        --half (float16 on CUDA, bfloat16 on the CPU), None in float32; its outputs are float32 either way.
     """
 
     kind = "base"
@@ -31,7 +31,11 @@ class InferenceModel:
         self.deploy = deploy
         self.fixed_input_hw: tuple[int, int] | None = None
         self.train_img_size: int | None = None
-        self.half = False
+        self.half_precision: torch.dtype | None = None
+
+    @property
+    def half(self) -> bool:
+        return self.half_precision is not None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -57,7 +61,6 @@ class TorchInferenceModel(InferenceModel):
         # the 2-core CPU for fused repyolov5s), as do cuDNN's tensor-core kernels
         self.model = model.to(memory_format=torch.channels_last)
         self.half_precision = half_precision
-        self.half = half_precision is not None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

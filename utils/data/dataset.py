@@ -65,6 +65,7 @@ class LoadedDataset(Dataset):
         self.img_size, self.stride = config.img_size, config.stride
         self.augment, self.rect = config.augment, config.rect
         self.hyp = config.hyp or Hyp()
+        self.perspective = augment.PerspectiveRanges.from_hyp(self.hyp)  # what random_perspective draws from
         self.use_mosaic = config.augment and not config.rect and self.hyp.mosaic > 0
         self.rng = np.random.default_rng(config.seed)
         prefix, nc, cache = config.prefix, config.nc, config.cache
@@ -204,8 +205,7 @@ class LoadedDataset(Dataset):
             return img, self._pixel_labels(indices[k], w, h)
 
         shapes_hw = [self._resized_hw(i) for i in indices]
-        ranges = augment.PerspectiveRanges.from_hyp(self.hyp)
-        return augment.random_mosaic(load_piece, shapes_hw, self.img_size, self.rng, ranges)
+        return augment.random_mosaic(load_piece, shapes_hw, self.img_size, self.rng, self.perspective)
 
     def _resized_hw(self, index: int) -> tuple[int, int]:
         """(h, w) that load_image will return, known without reading the image."""
@@ -221,8 +221,7 @@ class LoadedDataset(Dataset):
         labels = self._pixel_labels(index, w * ratio_w, h * ratio_h, pad_x, pad_y)
         shapes = ((h0, w0), ((h * ratio_h / h0, w * ratio_w / w0), (pad_x, pad_y)))
         if self.augment:
-            ranges = augment.PerspectiveRanges.from_hyp(self.hyp)
-            img, labels = augment.random_perspective(img, labels, self.rng, ranges)
+            img, labels = augment.random_perspective(img, labels, self.rng, self.perspective)
         return img, labels, shapes
 
     def __getitem__(self, index: int):

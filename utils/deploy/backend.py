@@ -123,8 +123,7 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         import openvino as ov
 
         xml = openvino_xml(path)
-        if half:
-            half_dtype(torch.device("cpu"))  # OpenVINO runs on the CPU: bf16 only where it is native
+        half_precision = half_dtype(torch.device("cpu")) if half else None  # OpenVINO runs on the CPU
         metadata = read_openvino_metadata(xml)
         try:
             core = ov.Core()
@@ -137,7 +136,7 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
                 f"{xml} is corrupt or not an OpenVINO IR; re-export it with convert.py."
             ) from None
         self._attach(compiled, metadata, device, xml)
-        self.half = half
+        self.half_precision = half_precision
 
     @classmethod
     def from_compiled(
@@ -225,7 +224,6 @@ def load_inference_model(
             f"weights {path} are not a .pt checkpoint, an .onnx file or an OpenVINO IR; pass one of those."
         )
     LOGGER.debug("loaded %s (%s, %d classes, stride %d)", path, model.kind, model.nc, model.stride)
-    if half:
-        precision = "float16" if device.type == "cuda" and model.kind == "pytorch" else "bfloat16"
-        LOGGER.info(f"--half: {path} runs in {precision}.")
+    if model.half:
+        LOGGER.info(f"--half: {path} runs in {str(model.half_precision).removeprefix('torch.')}.")
     return model

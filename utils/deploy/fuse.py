@@ -98,20 +98,19 @@ def training_img_size(ckpt: dict) -> int:
 def fuse(ckpt: dict, img_size: int, device: torch.device) -> FusionResult:
     """Build the training form of ``ckpt`` and its fused copy and compare them on real images (see
     verification_input) at img_size rounded up to the stride."""
-    trained = model_from_checkpoint(ckpt).to(device).float().eval()
+    trained, images, described = load_with_images(ckpt, img_size, device)
     fused = reparam.reparameterized_copy(trained).eval()
-    img_size = check_img_size(img_size, int(trained.stride.max()))
-    images, described = verification_input(ckpt, img_size, device)
     max_abs, max_rel = reparam.verify(trained, fused, images)
-    return FusionResult(trained, fused, images, described, img_size, max_abs, max_rel)
+    return FusionResult(trained, fused, images, described, images.shape[-1], max_abs, max_rel)
 
 
-def load_fused(ckpt: dict, img_size: int, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
-    """An already fused checkpoint's model and the images to check its exports on (verification_input),
-    at img_size rounded up to the stride."""
+def load_with_images(ckpt: dict, img_size: int, device: torch.device) -> tuple[nn.Module, torch.Tensor, str]:
+    """The checkpoint's model as it is stored (training form or already fused), in eval mode, and the
+    images to check it and its exports on (verification_input, at img_size rounded up to the stride),
+    with their description."""
     model = model_from_checkpoint(ckpt).to(device).float().eval()
     img_size = check_img_size(img_size, int(model.stride.max()))
-    return model, verification_input(ckpt, img_size, device)[0]
+    return model, *verification_input(ckpt, img_size, device)
 
 
 def save_fused(result: FusionResult, ckpt: dict, weights: Path, output: Path) -> Path:
