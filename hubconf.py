@@ -79,3 +79,28 @@ def yolov5l(classes: int = 80, device: str = "", autoshape: bool = True):
 def yolov5x(classes: int = 80, device: str = "", autoshape: bool = True):
     """Untrained yolov5x (plain convolutions) for ``classes`` classes."""
     return _untrained("yolov5x.yaml", classes, device, autoshape)
+
+
+def yolov5n_plain(classes: int = 80, device: str = "", autoshape: bool = True):
+    """Untrained yolov5n-plain (a single-path net of plain 3x3 convolutions, ReLU) for ``classes`` classes."""
+    return _untrained("yolov5n-plain.yaml", classes, device, autoshape)
+
+
+def yolov5s_plain(classes: int = 80, device: str = "", autoshape: bool = True):
+    """Untrained yolov5s-plain (a single-path net of plain 3x3 convolutions, ReLU) for ``classes`` classes."""
+    return _untrained("yolov5s-plain.yaml", classes, device, autoshape)
+
+
+def repyolov5n_plain(classes: int = 80, device: str = "", autoshape: bool = True):
+    """Untrained repyolov5n-plain (yolov5n-plain with RepVGG blocks) for ``classes`` classes."""
+    return _untrained("repyolov5n-plain.yaml", classes, device, autoshape)
+
+
+def repyolov5s_plain(classes: int = 80, device: str = "", autoshape: bool = True):
+    """Untrained repyolov5s-plain (yolov5s-plain with RepVGG blocks) for ``classes`` classes."""
+    return _untrained("repyolov5s-plain.yaml", classes, device, autoshape)
+
+
+def repyolov5s_plain_qa(classes: int = 80, device: str = "", autoshape: bool = True):
+    """Untrained repyolov5s-plain-qa (yolov5s-plain with QARepVGG blocks) for ``classes`` classes."""
+    return _untrained("repyolov5s-plain-qa.yaml", classes, device, autoshape)

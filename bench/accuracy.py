@@ -14,12 +14,15 @@ do not explain), training minutes per run (results.csv's time: the epochs and th
 the fused model's batch-1 CPU latency at the study's image size. --json writes every run's row and
 the summary.
 
-A model may carry training-option overrides after colons, so that a recipe lever is compared as a
+A model may carry overrides after colons, so that a recipe lever or an activation is compared as a
 model of its own; the values are read as YAML scalars:
 
     --models repyolov5s.yaml repyolov5s.yaml:hyp=data/hyps/hyp.scratch-low.yaml repyolov5s.yaml:cos_lr=true
+    --models yolov5s-plain.yaml yolov5s-plain.yaml:activation=SiLU
 
-Any TrainOptions field may be overridden except those the study fixes (cfg, data, seed, project, name,
+The keys activation, width_multiple and depth_multiple change the model YAML (a copy with them is written
+to <project>/cfgs/ and trained);
+any TrainOptions field may be overridden except those the study fixes (cfg, data, seed, project, name,
 device, workers, resume, exist_ok, plots, tensorboard).
 
 Interrupted studies resume: a run folder that holds a finished run (metrics.json and a final last.pt)
@@ -49,16 +52,19 @@ import torch
 import yaml
 
 from bench.blocks import measure_fused
+from models.yolo import load_model_yaml
 from utils.checkpoint import load_checkpoint
 from utils.data.config import load_data_config
 from utils.errors import USER_ERRORS, ConfigError
 from utils.hyp import load_hyp
 from utils.log import setup_logging
+from utils.paths import atomic_open
 from utils.train.options import TrainOptions
 from utils.train.results import ResultsTable
 
 LOGGER = logging.getLogger("bench.accuracy")
 MODELS = ("yolov5s.yaml", "repyolov5s.yaml")
+MODEL_KEYS = ("activation", "width_multiple", "depth_multiple")  # model YAML keys a variant may override
 DATA = "data/shapes-hard.yaml"
 FIXED = ("cfg", "data", "seed", "project", "name", "device", "workers", "resume", "exist_ok", "plots",
          "tensorboard")  # fmt: skip
@@ -114,31 +120,51 @@ def paired_interval(
 
 @dataclass(frozen=True)
 class Variant:
-    """A model of the study: a model YAML and training-option overrides, named by its spec."""
+    """A model of the study: a model YAML, model-YAML key overrides (activation, width_multiple,
+    depth_multiple) and training-option overrides, named by its spec."""
 
     spec: str  # as given: cfg[:key=value...]
     cfg: str
-    overrides: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # TrainOptions fields
+    model_overrides: dict = field(default_factory=dict)  # top-level keys of the model YAML
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         cfg, *pairs = spec.split(":")
         known = {f.name for f in dataclasses.fields(TrainOptions)} - set(FIXED)
-        overrides = {}
+        overrides, model_overrides = {}, {}
         for pair in pairs:
             key, _, value = pair.partition("=")
-            if key not in known or not value:
+            if key not in known | set(MODEL_KEYS) or not value:
                 raise ConfigError(
-                    f"model {spec!r}: {pair!r} is not key=value with a training option as key; use one "
-                    f"of {sorted(known)}."
+                    f"model {spec!r}: {pair!r} is not key=value with a training option or a model YAML key "
+                    f"as key; use one of {sorted(known | set(MODEL_KEYS))}."
                 )
-            overrides[key] = yaml.safe_load(value)
-        return cls(spec, cfg, overrides)
+            (model_overrides if key in MODEL_KEYS else overrides)[key] = yaml.safe_load(value)
+        return cls(spec, cfg, overrides, model_overrides)
 
     def run_name(self, seed: int) -> str:
         """A folder name: the YAML's stem, the overrides, the seed (path separators made safe)."""
-        extra = "".join(f"-{key}={value}" for key, value in self.overrides.items())
+        extra = "".join(
+            f"-{key}={value}" for key, value in {**self.model_overrides, **self.overrides}.items()
+        )
         return re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{Path(self.cfg).stem}{extra}") + f"-seed{seed}"
+
+    def model_cfg(self, project: str) -> str:
+        """The model YAML to train: cfg itself, or with model overrides a copy carrying them, written once
+        to <project>/cfgs/ (the runs' opt.yaml name it, so a reused run finds the same file)."""
+        if not self.model_overrides:
+            return self.cfg
+        config, _ = load_model_yaml(self.cfg)
+        config.pop("yaml_file", None)
+        config.update(self.model_overrides)
+        path = Path(project) / "cfgs" / f"{self.run_name(0).removesuffix('-seed0')}.yaml"
+        text = yaml.safe_dump(config, sort_keys=False)
+        if not path.is_file() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path) as file:
+                file.write(text)
+        return str(path)
 
 
 # --- runs ------------------------------------------------------------------------------------------
@@ -158,7 +184,8 @@ class Budget:
     repeat: int = 0  # passes over the training set per epoch (0: automatic)
 
     def options(self, variant: Variant, seed: int, project: str) -> TrainOptions:
-        values = dict(vars(self), cfg=variant.cfg, seed=seed, project=project, name=variant.run_name(seed))
+        values = dict(vars(self), seed=seed, project=project, name=variant.run_name(seed))
+        values["cfg"] = variant.model_cfg(project)
         values.update(exist_ok=True, plots=False, tensorboard=False, **variant.overrides)
         return TrainOptions(**values)
 
@@ -260,6 +287,13 @@ def summarize(runs: list[dict], models: Sequence[str]) -> dict[str, dict]:
     return summary
 
 
+def _seed_list(seeds: Sequence[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 1:
+        return f"{ordered[0]}..{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
 def _mean_std(entry: dict, metric: str) -> str:
     text, std = f"{entry[f'{metric}_mean']:.3f}", entry[f"{metric}_std"]
     return text if std is None else f"{text} ({std:.3f})"
@@ -296,9 +330,11 @@ def run(
     project: str = "runs/bench-accuracy",
     json_path: str | None = None,
     threads: int = 0,
+    only_seeds: Sequence[int] | None = None,
 ) -> dict:
     """Train (or reuse) every model x seed, print the table; -> {"budget", "runs", "summary"} (also
-    written to json_path). threads > 0 sets torch's CPU threads for training and latency."""
+    written to json_path). threads > 0 sets torch's CPU threads for training and latency; only_seeds
+    trains those seeds alone (processes splitting a study; a last call without it prints the whole)."""
     budget = budget or Budget()
     variants = [Variant.parse(spec) for spec in models]
     if len({v.spec for v in variants}) != len(variants):
@@ -307,15 +343,18 @@ def run(
         torch.set_num_threads(threads)
     data_config = load_data_config(budget.data)
     resolved = budget.options(variants[0], 0, project).resolve(data_config)
-    runs = train_seeds(variants, [v.spec for v in variants], range(seeds), budget, project, data_config)
-    cfgs = sorted({v.cfg for v in variants})
-    fused = measure_fused(cfgs, int(data_config["nc"]), resolved.img_size, threads, rounds=3)
+    chosen = list(only_seeds) if only_seeds else list(range(seeds))
+    runs = train_seeds(variants, [v.spec for v in variants], chosen, budget, project, data_config)
+    cfgs = {variant.spec: variant.model_cfg(project) for variant in variants}
+    fused = measure_fused(
+        sorted(set(cfgs.values())), int(data_config["nc"]), resolved.img_size, threads, rounds=3
+    )
     summary = summarize(runs, [v.spec for v in variants])
     for variant in variants:
-        summary[variant.spec]["fused_ms"] = fused[variant.cfg]["fused_ms"]
+        summary[variant.spec]["fused_ms"] = fused[cfgs[variant.spec]]["fused_ms"]
     header = (
         f"\n{Path(budget.data).name}: {resolved.epochs} epochs, {resolved.img_size} px, batch "
-        f"{resolved.batch_size}, {resolved.hyp}; seeds 0..{seeds - 1}; torch {torch.__version__}, "
+        f"{resolved.batch_size}, {resolved.hyp}; seeds {_seed_list(chosen)}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads (fused ms: CPU, batch 1)"
     )
     print(format_table(summary, header))
@@ -348,6 +387,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hyp", default=None, help="hyperparameter YAML (bare names: data/hyps/)")
     add_run_arguments(parser, "runs/bench-accuracy")
     parser.add_argument("--repeat", type=int, default=0, help="passes over the train set per epoch (0: auto)")
+    parser.add_argument("--only-seeds", type=int, nargs="+", default=None, help="train only these seeds")
     return parser.parse_args(argv)
 
 

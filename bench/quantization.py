@@ -26,7 +26,7 @@ import logging
 import platform
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -58,6 +58,7 @@ FEATURES = {
     "BF16": ("avx512_bf16", "amx_bf16"),
 }
 LOGGER = logging.getLogger(__name__)
+LATENCY_CALIB = 16  # calibration images of the exports that are only timed (their scores are not read)
 
 
 def cpu_features() -> dict[str, bool]:
@@ -140,7 +141,7 @@ def latency_calls(fused: str | Path, img_size: int, threads: int) -> dict[str, o
 
 
 def run(
-    weights: Sequence[str] = (),
+    weights: Sequence[str] | Mapping[str, str] = (),
     epochs: int = 30,
     max_drop: float = 1.0,
     calib: int = 128,
@@ -153,13 +154,14 @@ def run(
     data: str | None = None,
     img_size: int | None = None,
 ) -> dict:
-    """Measure, print the two tables and return (and write to json_path) all the numbers."""
+    """Measure, print the two tables and return (and write to json_path) all the numbers. weights: NAME=path
+    strings or a {NAME: path} mapping, NAME a model's stem."""
     from utils.checkpoint import load_checkpoint
     from utils.deploy.fuse import training_img_size
     from utils.deploy.timing import interleaved_latency
 
     torch.set_num_threads(threads)
-    given = dict(item.split("=", 1) for item in weights)
+    given = dict(weights) if isinstance(weights, Mapping) else dict(item.split("=", 1) for item in weights)
     root = Path(project)
     results: dict = {"cpu": platform.processor() or platform.machine(), "features": cpu_features(),
                      "torch": torch.__version__, "threads": threads, "models": {}}  # fmt: skip
@@ -191,7 +193,7 @@ def run(
         for cfg in models:
             name = Path(cfg).stem
             exported = converted(Path(results["models"][name]["weights"]), root / name / f"latency-{size}",
-                                 size, calib, None)  # fmt: skip
+                                 size, LATENCY_CALIB, None)  # fmt: skip
             for label, call in latency_calls(exported["fused"], size, threads).items():
                 calls[(name, label)] = call
         milliseconds = interleaved_latency(calls, rounds, threads, warmup=3)

@@ -11,11 +11,28 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.blocks.base import Block
 from models.blocks.common import batch_norm, make_activation, same_padding
 from models.reparam import KernelBias, fuse_conv_bn, identity_kernel, pad_kernel_center, sum_branches
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 nn.Conv2d (no padding) that computes a stride s > 1 as taking every s-th row and column,
+    then convolving at stride 1: the same function, parameters and state dict. It keeps a strided 1x1
+    branch off the CPU kernel of torch 2.14 that corrupts the heap (a crash) while computing the weight
+    gradient of a strided 1x1 conv in channels_last with fewer than 16 input channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(in_channels, out_channels, 1, stride, 0, groups=groups, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        row, column = self.stride
+        if (row, column) != (1, 1):
+            x = x[..., ::row, ::column]
+        return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
 
 
 def conv_bn(
@@ -32,9 +49,11 @@ def conv_bn(
     """
     padding = same_padding(kernel_size) if padding is None else padding
     branch = nn.Sequential()
-    branch.add_module(
-        "conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
-    )
+    if kernel_size in (1, (1, 1)) and padding in (0, (0, 0)):
+        conv = PointwiseConv2d(in_channels, out_channels, stride, groups)
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+    branch.add_module("conv", conv)
     branch.add_module("bn", batch_norm(out_channels))
     return branch
 
