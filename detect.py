@@ -65,7 +65,9 @@ class DetectOptions:
     project: str | Path = project_option("runs/detect")
     name: str = name_option()
     exist_ok: bool = exist_ok_option()
-    line_thickness: int = option(3, None)
+    line_thickness: int | None = option(
+        None, "width of the box lines in pixels (default: in proportion to the image)", type=int
+    )
     hide_labels: bool = option(False, None)
     hide_conf: bool = option(False, None)
 

@@ -1,9 +1,10 @@
 """The layering of the library: imports only point down, and no module imports itself round a cycle.
 
-scripts (train, val, detect, convert) -> utils.train -> utils.deploy -> utils.evaluation -> utils.data
--> utils leaves (boxes, nms, checkpoint, inference, ...) -> models. A module may import its own package, its
-leaves and anything lower; nothing under models/ or utils/ imports a script, bench/ or tests/. Within a
-layer too, the imports form no cycle (function-level imports count: they hide a cycle, they do not break it).
+scripts (train, val, detect, convert, serve) -> utils.train and utils.serve -> utils.deploy ->
+utils.evaluation -> utils.data -> utils leaves (boxes, nms, checkpoint, inference, ...) -> models. A module
+may import its own package, its leaves and anything lower; nothing under models/ or utils/ imports a
+script, bench/ or tests/. Within a layer too, the imports form no cycle (function-level imports count:
+they hide a cycle, they do not break it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from utils.paths import ROOT
 
-SCRIPTS = {"train", "val", "detect", "convert", "hubconf"}
+SCRIPTS = {"train", "val", "detect", "convert", "serve", "hubconf"}
 LAYERS = {  # lower imports nothing higher
     "models": 0,
     "utils": 1,  # the shared leaves directly under utils/
@@ -23,6 +24,7 @@ LAYERS = {  # lower imports nothing higher
     "utils.evaluation": 3,  # its validation loader builds on utils.data
     "utils.deploy": 4,
     "utils.train": 5,
+    "utils.serve": 5,  # beside the trainer: neither imports the other
 }
 
 

@@ -1,6 +1,7 @@
 """Command-line options declared once. Each script's options are a dataclass whose fields carry their
 flag's names and help text in their metadata (``option``); the parser is generated from it
-(``parse_options``) and ``script_main`` is the one main() of train.py, val.py, detect.py and convert.py.
+(``parse_options``) and ``script_main`` is the one main() of train.py, val.py, detect.py, convert.py and
+serve.py.
 The flags shared by several scripts (run folder, device) are declared here, once."""
 
 from __future__ import annotations

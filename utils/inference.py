@@ -19,6 +19,7 @@ class InferenceModel:
         train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
         detection uses it when no image size is given. half_precision: the dtype it computes in with
         --half (float16 on CUDA, bfloat16 on the CPU), None in float32; its outputs are float32 either way.
+        int8: whether the weights are an INT8 (quantized) export.
     """
 
     kind = "base"
@@ -32,10 +33,18 @@ class InferenceModel:
         self.fixed_input_hw: tuple[int, int] | None = None
         self.train_img_size: int | None = None
         self.half_precision: torch.dtype | None = None
+        self.int8 = False
 
     @property
     def half(self) -> bool:
         return self.half_precision is not None
+
+    @property
+    def precision(self) -> str:
+        """What the convolutions compute in: "int8", "float16", "bfloat16" or "float32"."""
+        if self.int8:
+            return "int8"
+        return str(self.half_precision or torch.float32).removeprefix("torch.")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -25,6 +25,8 @@ from utils.yolov5_checkpoint import missing_release_message
 LOGGER = logging.getLogger(__name__)
 
 LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.data.preprocess.letterbox, as a 0..1 value
+# Ops that only a quantized ONNX graph holds (QDQ format, as utils.deploy.quantize writes, or QOperator)
+QUANTIZED_ONNX_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"})
 
 
 class ArrayInferenceModel(InferenceModel):
@@ -85,7 +87,8 @@ class OnnxInferenceModel(ArrayInferenceModel):
         import onnxruntime as ort
 
         try:
-            metadata = read_metadata(onnx.load(str(path), load_external_data=False))
+            onnx_model = onnx.load(str(path), load_external_data=False)
+            metadata = read_metadata(onnx_model)
         except Exception as error:  # protobuf raises DecodeError, RuntimeError, ... for a broken file
             LOGGER.debug("onnx.load(%s) failed: %s", path, error)
             raise WeightsError(
@@ -108,6 +111,7 @@ class OnnxInferenceModel(ArrayInferenceModel):
             ) from None
         super().__init__(path, metadata, device, list(self.session.get_inputs()[0].shape))
         self.input_name = self.session.get_inputs()[0].name
+        self.int8 = any(node.op_type in QUANTIZED_ONNX_OPS for node in onnx_model.graph.node)
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: array})[0]
@@ -127,9 +131,8 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         metadata = read_openvino_metadata(xml)
         try:
             core = ov.Core()
-            compiled = core.compile_model(
-                core.read_model(str(xml)), "CPU", openvino_cpu_config(threads, half)
-            )
+            network = core.read_model(str(xml))
+            compiled = core.compile_model(network, "CPU", openvino_cpu_config(threads, half))
         except Exception as error:  # OpenVINO raises RuntimeError for unreadable IR
             LOGGER.debug("OpenVINO could not load %s: %s", xml, error)
             raise WeightsError(
@@ -137,6 +140,7 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
             ) from None
         self._attach(compiled, metadata, device, xml)
         self.half_precision = half_precision
+        self.int8 = any(op.get_type_name() == "FakeQuantize" for op in network.get_ops())  # NNCF's INT8
 
     @classmethod
     def from_compiled(

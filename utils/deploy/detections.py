@@ -37,11 +37,12 @@ def annotate(
     image: np.ndarray,
     detections: np.ndarray | torch.Tensor,
     names: list[str],
-    line_thickness: int = 3,
+    line_thickness: int | None = None,
     hide_labels: bool = False,
     hide_conf: bool = False,
 ) -> np.ndarray:
-    """A copy of the BGR image with detections (n, 6) x1, y1, x2, y2, score, class drawn on it."""
+    """A copy of the BGR image with detections (n, 6) x1, y1, x2, y2, score, class drawn on it, lines and
+    labels sized in proportion to the image unless line_thickness (pixels) is given."""
     return draw_boxes(
         image.copy(),
         detections[:, :4],
@@ -153,7 +154,9 @@ class Detections:
         """One line per image (its name, letterboxed size and detections per class), then the speed."""
         print(self)
 
-    def render(self, line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False) -> list:
+    def render(
+        self, line_thickness: int | None = None, hide_labels: bool = False, hide_conf: bool = False
+    ) -> list:
         """Copies of the images with their boxes drawn (as detect.py draws them)."""
         return [
             annotate(image, det, self.names, line_thickness, hide_labels, hide_conf)

@@ -7,7 +7,8 @@
 
 Each image is letterboxed on its own, padded only up to the stride as detect.py does, so its detections
 do not depend on the other images of the call (up to the rounding of a batched convolution); images
-whose letterboxed shapes match run as one batch. detect.py is a command line over this class.
+whose letterboxed shapes match run as one batch. detect.py is a command line over this class; serve.py
+calls its pieces (``thresholds``, ``prepare``, ``run_prepared``) to batch images from different requests.
 """
 
 from __future__ import annotations
@@ -63,10 +64,9 @@ def load_input(item: Any, index: int) -> tuple[str, np.ndarray]:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     """One image ready for the network: its letterboxed uint8 tensor (3, h, w) and how to map back."""
 
-    index: int  # position among the images that loaded
     tensor: torch.Tensor
     ratio_pad: tuple[tuple[float, float], tuple[float, float]]
     original_hw: tuple[int, int]
@@ -152,8 +152,7 @@ class Detector:
         """
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}.")
-        classes = classes if classes is not None else self.classes
-        self.check_classes(classes)
+        thresholds = self.thresholds(conf, iou, classes, max_det)
         img_hw = self.input_hw(size)
         start = time_sync()
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
@@ -161,7 +160,7 @@ class Detector:
         for index, item in enumerate(items):
             try:
                 name, image = load_input(item, index)
-                prepared.append(self._prepare(image, img_hw, len(images)))
+                prepared.append(self.prepare(image, img_hw))
             except Exception as error:  # a decoder or resize error is as much this image's fault
                 if errors == "raise":
                     raise
@@ -172,14 +171,8 @@ class Detector:
             files.append(name)
             images.append(image)
         seconds = np.array([time_sync() - start, 0.0, 0.0])
-        thresholds = dict(
-            conf_thres=self.conf if conf is None else conf,
-            iou_thres=self.iou if iou is None else iou,
-            classes=classes,
-            agnostic=self.agnostic,
-            max_det=self.max_det if max_det is None else max_det,
-        )
-        detections = self._detect(prepared, thresholds, seconds)
+        detections, run_seconds = self.run_prepared(prepared, [thresholds] * len(prepared))
+        seconds += run_seconds
         return Detections(
             images,
             files,
@@ -190,31 +183,54 @@ class Detector:
             failures=failures,
         )
 
-    def _prepare(self, image: np.ndarray, img_hw: tuple[int, int], index: int) -> _Prepared:
+    def thresholds(
+        self,
+        conf: float | None = None,
+        iou: float | None = None,
+        classes: list[int] | None = None,
+        max_det: int | None = None,
+    ) -> dict:
+        """non_max_suppression's keyword arguments: the values given, the detector's settings for the others.
+        Raises ConfigError for a class index the model does not predict."""
+        classes = classes if classes is not None else self.classes
+        self.check_classes(classes)
+        return dict(
+            conf_thres=self.conf if conf is None else conf,
+            iou_thres=self.iou if iou is None else iou,
+            classes=classes,
+            agnostic=self.agnostic,
+            max_det=self.max_det if max_det is None else max_det,
+        )
+
+    def prepare(self, image: np.ndarray, img_hw: tuple[int, int]) -> Prepared:
+        """A BGR uint8 image (H, W, 3) letterboxed to img_hw (an ``input_hw()``) as every call letterboxes."""
         auto = self.model.fixed_input_hw is None  # minimal padding unless the graph wants one exact size
         boxed, ratio, pad = letterbox(image, img_hw, auto=auto, stride=self.model.stride)
-        return _Prepared(index, image_to_tensor(boxed), (ratio, pad), image.shape[:2])
+        return Prepared(image_to_tensor(boxed), (ratio, pad), image.shape[:2])
 
-    def _detect(self, prepared: list[_Prepared], thresholds: dict, seconds: np.ndarray) -> list[torch.Tensor]:
-        """Per image Tensor[n, 6] (x1, y1, x2, y2 original pixels, score, class) on the CPU; adds the
-        inference and NMS times to seconds[1:]."""
-        groups: dict[tuple[int, ...], list[_Prepared]] = {}
-        for item in prepared:
-            groups.setdefault(tuple(item.tensor.shape), []).append(item)
+    def run_prepared(
+        self, prepared: Sequence[Prepared], thresholds: Sequence[dict]
+    ) -> tuple[list[torch.Tensor], np.ndarray]:
+        """Detect in prepared images, each with its own ``thresholds()``: images of one letterboxed shape
+        run as one batch. -> (per image Tensor[n, 6] (x1, y1, x2, y2 original pixels, score, class) on the
+        CPU, seconds spent (stacking, inference, NMS))."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for position, item in enumerate(prepared):
+            groups.setdefault(tuple(item.tensor.shape), []).append(position)
         detections: list[torch.Tensor] = [torch.zeros(0, 6)] * len(prepared)
+        seconds = np.zeros(3)
         for group in groups.values():
             for first in range(0, len(group), MAX_BATCH):
                 chunk = group[first : first + MAX_BATCH]
                 stacked = time_sync()
-                batch = torch.stack([p.tensor for p in chunk]).to(self.model.device).float() / 255
+                batch = torch.stack([prepared[k].tensor for k in chunk]).to(self.model.device).float() / 255
                 start = time_sync()
-                seconds[0] += start - stacked
                 prediction = self.model(batch)  # (B, N, 5 + nc) cx, cy, w, h (input pixels), obj, classes
                 inferred = time_sync()
-                kept = non_max_suppression(prediction, **thresholds)
-                for item, det in zip(chunk, kept):
+                for row, k in enumerate(chunk):  # NMS per image: each may have its own thresholds
+                    det = non_max_suppression(prediction[row : row + 1], **thresholds[k])[0]
                     det = det.detach().cpu().float().clone()
-                    scale_boxes_to_original(det[:, :4], item.original_hw, item.ratio_pad)
-                    detections[item.index] = det
-                seconds[1:] += (inferred - start, time_sync() - inferred)
-        return detections
+                    scale_boxes_to_original(det[:, :4], prepared[k].original_hw, prepared[k].ratio_pad)
+                    detections[k] = det
+                seconds += (start - stacked, inferred - start, time_sync() - inferred)
+        return detections, seconds

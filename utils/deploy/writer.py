@@ -28,7 +28,7 @@ class OutputOptions:
     save_conf: bool = False
     save_crop: bool = False
     nosave: bool = False
-    line_thickness: int = 3
+    line_thickness: int | None = None  # None: in proportion to each image
     hide_labels: bool = False
     hide_conf: bool = False
 

@@ -162,18 +162,36 @@ def colors(class_index: int) -> tuple[int, int, int]:
     return _PALETTE_BGR[int(class_index) % len(_PALETTE_BGR)]
 
 
+def color_hex(class_index: int) -> str:
+    """The drawing color of a class as '#RRGGBB', for pages that draw boxes as detect.py does."""
+    return "#" + _PALETTE_HEX[int(class_index) % len(_PALETTE_HEX)]
+
+
+def line_width(image_hw: tuple[int, int]) -> int:
+    """Box line width in pixels for an image of (height, width): 0.3% of the mean side, at least 2."""
+    return max(round(0.003 * sum(image_hw) / 2), 2)
+
+
+def label_font_scale(image_hw: tuple[int, int]) -> float:
+    """cv2.FONT_HERSHEY_SIMPLEX scale of the labels for an image of (height, width): yolov5's line width / 3
+    on large images (a 640 px image gets 0.64, text about 14 px high), but at least 0.35 (about 8 px) so
+    that labels stay readable, and stay small, on tiny ones."""
+    return max(0.001 * sum(image_hw) / 2, 0.35)
+
+
 def draw_boxes(
     img_bgr: np.ndarray,
     boxes_xyxy,
     classes,
     scores=None,
     names: list[str] | None = None,
-    line_thickness: int = 3,
+    line_thickness: int | None = None,
     hide_labels: bool = False,
     hide_conf: bool = False,
 ) -> np.ndarray:
     """Draw boxes (n, 4) xyxy pixels with class (n,) and optional score (n,) labels onto img_bgr, in place.
-    -> img_bgr."""
+    line_thickness: the line width in pixels, the labels' font scaled with it (None: both proportional to
+    the image, see line_width and label_font_scale). -> img_bgr."""
     boxes = np.asarray(boxes_xyxy.cpu() if isinstance(boxes_xyxy, torch.Tensor) else boxes_xyxy, dtype=float)
     classes = (
         np.asarray(classes.cpu() if isinstance(classes, torch.Tensor) else classes).astype(int).reshape(-1)
@@ -182,8 +200,12 @@ def draw_boxes(
         scores = np.asarray(
             scores.cpu() if isinstance(scores, torch.Tensor) else scores, dtype=float
         ).reshape(-1)
-    thickness = max(int(line_thickness), 1)
-    font_scale = thickness / 3
+    if line_thickness is None:
+        thickness, font_scale = line_width(img_bgr.shape[:2]), label_font_scale(img_bgr.shape[:2])
+    else:
+        thickness = max(int(line_thickness), 1)
+        font_scale = thickness / 3
+    text_thickness = max(thickness - 1, 1)
     for i, (box, cls) in enumerate(zip(boxes.reshape(-1, 4), classes)):
         color = colors(cls)
         p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
@@ -194,7 +216,7 @@ def draw_boxes(
         if scores is not None and not hide_conf:
             text = f"{text} {scores[i]:.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(
-            text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, max(thickness - 1, 1)
+            text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness
         )
         above = p1[1] - text_h - baseline >= 0
         top = p1[1] - text_h - baseline if above else p1[1]
@@ -208,7 +230,7 @@ def draw_boxes(
             cv2.FONT_HERSHEY_SIMPLEX,
             font_scale,
             (255, 255, 255),
-            max(thickness - 1, 1),
+            text_thickness,
             cv2.LINE_AA,
         )
     return img_bgr

@@ -1,0 +1,66 @@
+"""uvicorn (requirements-serve.txt) serving an application on a socket bound here, in the foreground
+(serve.py) or in a background thread on a free loopback port (tests, tools)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from utils.errors import ConfigError
+
+LOOPBACK = "127.0.0.1"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port); port 0 picks a free one. Raises ConfigError when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or error
+        raise ConfigError(
+            f"cannot listen on {host} port {port} ({reason}); pick a free port or another address."
+        ) from None
+    return sock
+
+
+def server_for(app, access_log: bool = False) -> uvicorn.Server:
+    """uvicorn logging through this project's logging setup (log_config=None)."""
+    config = uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=10)
+    return uvicorn.Server(config)
+
+
+class BackgroundServer:
+    """``with BackgroundServer(app) as server: ... server.url``: the app served on a free port of
+    127.0.0.1 by a background thread, stopped (its lifespan ended) on leaving the block."""
+
+    def __init__(self, app, timeout: float = 60.0) -> None:
+        self.app, self.timeout = app, timeout
+
+    def __enter__(self) -> BackgroundServer:
+        sock = bind(LOOPBACK, 0)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.server = server_for(self.app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the server on {self.url} did not start; see the log above.")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(self.timeout)
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
