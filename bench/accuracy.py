@@ -21,7 +21,8 @@ model of its own; the values are read as YAML scalars:
     --models yolov5s-plain.yaml yolov5s-plain.yaml:activation=SiLU
 
 The keys activation, width_multiple and depth_multiple change the model YAML (a copy with them is written
-to <project>/cfgs/ and trained);
+to <project>/cfgs/ and trained), a hyperparameter's name changes the run's hyp file (a copy in
+<project>/hyps/: repyolov5s-plain.yaml:rep_branch_gamma=1);
 any TrainOptions field may be overridden except those the study fixes (cfg, data, seed, project, name,
 device, workers, resume, exist_ok, plots, tensorboard).
 
@@ -56,7 +57,7 @@ from models.yolo import load_model_yaml
 from utils.checkpoint import load_checkpoint
 from utils.data.config import load_data_config
 from utils.errors import USER_ERRORS, ConfigError
-from utils.hyp import load_hyp
+from utils.hyp import Hyp, load_hyp
 from utils.log import setup_logging
 from utils.paths import atomic_open
 from utils.train.options import TrainOptions
@@ -127,26 +128,31 @@ class Variant:
     cfg: str
     overrides: dict = field(default_factory=dict)  # TrainOptions fields
     model_overrides: dict = field(default_factory=dict)  # top-level keys of the model YAML
+    hyp_overrides: dict = field(default_factory=dict)  # hyperparameters (utils.hyp.Hyp fields)
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         cfg, *pairs = spec.split(":")
         known = {f.name for f in dataclasses.fields(TrainOptions)} - set(FIXED)
-        overrides, model_overrides = {}, {}
+        hyp_keys = {f.name for f in dataclasses.fields(Hyp)}
+        overrides, model_overrides, hyp_overrides = {}, {}, {}
         for pair in pairs:
             key, _, value = pair.partition("=")
-            if key not in known | set(MODEL_KEYS) or not value:
+            if key not in known | set(MODEL_KEYS) | hyp_keys or not value:
                 raise ConfigError(
-                    f"model {spec!r}: {pair!r} is not key=value with a training option or a model YAML key "
-                    f"as key; use one of {sorted(known | set(MODEL_KEYS))}."
+                    f"model {spec!r}: {pair!r} is not key=value with a training option, a model YAML key or "
+                    f"a hyperparameter as key; use one of {sorted(known | set(MODEL_KEYS))} or a "
+                    "hyperparameter of data/hyps/."
                 )
-            (model_overrides if key in MODEL_KEYS else overrides)[key] = yaml.safe_load(value)
-        return cls(spec, cfg, overrides, model_overrides)
+            kind = model_overrides if key in MODEL_KEYS else overrides if key in known else hyp_overrides
+            kind[key] = yaml.safe_load(value)
+        return cls(spec, cfg, overrides, model_overrides, hyp_overrides)
 
     def run_name(self, seed: int) -> str:
         """A folder name: the YAML's stem, the overrides, the seed (path separators made safe)."""
         extra = "".join(
-            f"-{key}={value}" for key, value in {**self.model_overrides, **self.overrides}.items()
+            f"-{key}={value}"
+            for key, value in {**self.model_overrides, **self.hyp_overrides, **self.overrides}.items()
         )
         return re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{Path(self.cfg).stem}{extra}") + f"-seed{seed}"
 
@@ -157,9 +163,18 @@ class Variant:
             return self.cfg
         config, _ = load_model_yaml(self.cfg)
         config.pop("yaml_file", None)
-        config.update(self.model_overrides)
-        path = Path(project) / "cfgs" / f"{self.run_name(0).removesuffix('-seed0')}.yaml"
-        text = yaml.safe_dump(config, sort_keys=False)
+        return self._derived(Path(project) / "cfgs", {**config, **self.model_overrides})
+
+    def hyp_file(self, project: str, base: str | None) -> str | None:
+        """The hyperparameter YAML to train with: base, or with hyperparameter overrides a copy of base
+        (None: the defaults) carrying them, written once to <project>/hyps/."""
+        if not self.hyp_overrides:
+            return base
+        return self._derived(Path(project) / "hyps", {**load_hyp(base).to_dict(), **self.hyp_overrides})
+
+    def _derived(self, folder: Path, values: dict) -> str:
+        path = folder / f"{self.run_name(0).removesuffix('-seed0')}.yaml"
+        text = yaml.safe_dump(values, sort_keys=False)
         if not path.is_file() or path.read_text() != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_open(path) as file:
@@ -187,6 +202,9 @@ class Budget:
         values = dict(vars(self), seed=seed, project=project, name=variant.run_name(seed))
         values["cfg"] = variant.model_cfg(project)
         values.update(exist_ok=True, plots=False, tensorboard=False, **variant.overrides)
+        if variant.hyp_overrides:  # on top of the hyp this run would train with otherwise
+            base = TrainOptions(**values).resolve(load_data_config(self.data)).hyp
+            values["hyp"] = variant.hyp_file(project, base)
         return TrainOptions(**values)
 
 

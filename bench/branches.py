@@ -1,13 +1,15 @@
 """Where does re-parameterization pay? The branch study: each re-parameterized model against its own
 3x3-only twin (the same graph with plain Conv+BN in every 3x3), seeded and paired.
 
-    python -m bench.branches [--arms c3-silu plain-relu plain-silu plain-qa] [--seeds 5]
+    python -m bench.branches [--arms c3-silu plain-relu plain-relu-scale1 plain-silu plain-qa] [--seeds 5]
                              [--data data/shapes-hard.yaml] [--only-seeds 0 1] [--project runs/bench-plain]
                              [--threads 1] [--workers 0] [--json out.json]
 
 An arm is a pair (re-parameterized model, its twin): the C3 pair yolov5s / repyolov5s (residual C3
 bottlenecks, SiLU: the graph the product started with), the plain pair yolov5s-plain / repyolov5s-plain
-with ReLU (a single-path net, RepVGG's regime), the same plain pair with SiLU (the activation switched by
+with ReLU (a single-path net, RepVGG's regime), the same with the side branches starting at BN scale 1
+as in RepVGG (hyp rep_branch_gamma=1; the default 0 starts each block as its 3x3 alone), the plain pair
+with SiLU (the activation switched by
 the model YAML's key), and repyolov5s-plain-qa (QARepVGG blocks) against the same plain twin. Every model
 trains with seeds 0..N-1 at the dataset's own budget through bench.accuracy (runs are reused and resumed
 the same way, so processes may split the seeds with --only-seeds and a last call prints the whole).
@@ -41,6 +43,7 @@ REFERENCE = "yolov5s.yaml"  # every model is also compared with plain yolov5s
 ARMS = {
     "c3-silu": ("repyolov5s.yaml", "yolov5s.yaml"),
     "plain-relu": ("repyolov5s-plain.yaml", "yolov5s-plain.yaml"),
+    "plain-relu-scale1": ("repyolov5s-plain.yaml:rep_branch_gamma=1", "yolov5s-plain.yaml"),
     "plain-silu": ("repyolov5s-plain.yaml:activation=SiLU", "yolov5s-plain.yaml:activation=SiLU"),
     "plain-qa": ("repyolov5s-plain-qa.yaml", "yolov5s-plain.yaml"),
 }

@@ -3,16 +3,18 @@ of a study's model spec, and the frontier rows, on made-up runs (the studies the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import yaml
 
-from bench.accuracy import Variant, paired_interval
+from bench.accuracy import Budget, Variant, paired_interval
 from bench.branches import ARMS, format_tables, study_models, summarize
 from bench.frontier import format_frontier, frontier_rows, study_scores
 from models.yolo import Model
 from utils.errors import ConfigError
+from utils.hyp import load_hyp
 
 
 def made_up_runs() -> list[dict]:
@@ -33,7 +35,7 @@ def test_the_arms_name_each_model_once_with_yolov5s_first():
         "repyolov5s-plain.yaml",
         "repyolov5s-plain-qa.yaml",
     ]
-    assert len(study_models(list(ARMS))) == 7
+    assert len(study_models(list(ARMS))) == 8
     with pytest.raises(ConfigError, match="unknown arm 'plain'; use any of c3-silu"):
         study_models(["plain"])
 
@@ -63,6 +65,18 @@ def test_a_model_spec_may_switch_the_activation_of_its_yaml(tmp_path):
     assert Model(cfg, nc=2).yaml["activation"] == "SiLU"
     assert variant.model_cfg(str(tmp_path)) == cfg  # written once, found again
     assert Variant.parse("yolov5s.yaml").model_cfg(str(tmp_path)) == "yolov5s.yaml"
+
+
+def test_a_model_spec_may_change_a_hyperparameter(tmp_path):
+    variant = Variant.parse("repyolov5s-plain.yaml:rep_branch_gamma=1")
+    assert variant.hyp_overrides == {"rep_branch_gamma": 1} and variant.run_name(0).endswith("gamma=1-seed0")
+    options = Budget(data="data/shapes-hard.yaml").options(variant, 0, str(tmp_path))
+    hyp = load_hyp(options.hyp)
+    assert options.hyp == str(tmp_path / "hyps" / "repyolov5s-plain-rep_branch_gamma=1.yaml")
+    assert hyp.rep_branch_gamma == 1.0
+    assert dataclasses.replace(hyp, rep_branch_gamma=0.0) == load_hyp(
+        "hyp.shapes.yaml"
+    )  # the rest: the data's
 
 
 def test_frontier_rows_pick_the_fastest_runtime_and_compare_it_with_yolov5s(tmp_path):
