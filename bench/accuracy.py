@@ -263,12 +263,16 @@ def train_seeds(
     budget: Budget,
     project: str,
     data_config: dict,
+    finished_only: bool = False,
 ) -> list[dict]:
     """Train (or reuse) every variant at every seed, seed-major (an interrupted study has every model at
-    the same seeds), a line each; -> rows {"model": its name, "seed", and train_or_reuse's keys}."""
+    the same seeds), a line each; -> rows {"model": its name, "seed", and train_or_reuse's keys}.
+    finished_only: reuse the finished runs and train nothing (a report while the study is under way)."""
     runs = []
     for seed in seeds:
         for variant, name in zip(variants, names):
+            if finished_only and not (Path(project) / variant.run_name(seed) / "metrics.json").is_file():
+                continue
             row = {"model": name, "seed": seed}
             row.update(train_or_reuse(budget.options(variant, seed, project), data_config))
             runs.append(row)

@@ -3,7 +3,7 @@
 
     python -m bench.branches [--arms c3-silu plain-relu plain-relu-scale1 plain-silu plain-qa] [--seeds 5]
                              [--data data/shapes-hard.yaml] [--only-seeds 0 1] [--project runs/bench-plain]
-                             [--threads 1] [--workers 0] [--json out.json]
+                             [--threads 1] [--workers 0] [--json out.json] [--finished-only]
 
 An arm is a pair (re-parameterized model, its twin): the C3 pair yolov5s / repyolov5s (residual C3
 bottlenecks, SiLU: the graph the product started with), the plain pair yolov5s-plain / repyolov5s-plain
@@ -103,9 +103,9 @@ def summarize(runs: list[dict], arms: Sequence[str]) -> dict:
 
 
 def _points(delta: list | None) -> str:
-    """A difference of fractions as points of mAP (x100): mean [low, high]."""
+    """A difference of fractions as points of mAP (x100): mean [low, high]; "-" without paired seeds."""
     if delta is None:
-        return "reference"
+        return "-"
     mean, low, high = delta
     return f"{100 * mean:+.2f}" + ("" if low is None else f" [{100 * low:+.2f}, {100 * high:+.2f}]")
 
@@ -116,7 +116,8 @@ def format_tables(summary: dict, header: str) -> str:
              f"{'d mAP50-95 vs yolov5s, points':>32s}{'train min':>11s}"]  # fmt: skip
     for spec, entry in summary["models"].items():
         lines.append(f"{spec:{width}s}{entry['runs']:5d}{_mean_sd(entry['mAP50']):>16s}"
-                     f"{_mean_sd(entry['mAP50_95']):>16s}{_points(entry['mAP50_95']['delta']):>32s}"
+                     f"{_mean_sd(entry['mAP50_95']):>16s}"
+                     f"{'reference' if spec == REFERENCE else _points(entry['mAP50_95']['delta']):>32s}"
                      f"{entry['minutes']:11.1f}")  # fmt: skip
     lines += ["", f"{'arm: model - its 3x3-only twin':44s}{'d mAP50-95 [95% CI], points':>32s}"
               f"{'d mAP50 [95% CI], points':>30s}{'seeds won':>11s}"]  # fmt: skip
@@ -141,8 +142,10 @@ def run(
     only_seeds: Sequence[int] | None = None,
     json_path: str | None = None,
     threads: int = 0,
+    finished_only: bool = False,
 ) -> dict:
-    """Train (or reuse) every model of the arms at every seed; print and return the summary."""
+    """Train (or reuse) every model of the arms at every seed; print and return the summary.
+    finished_only: report the runs that have finished and train none."""
     budget = budget or Budget()
     if threads > 0:
         torch.set_num_threads(threads)
@@ -150,7 +153,7 @@ def run(
     variants = [Variant.parse(spec) for spec in specs]
     data_config = load_data_config(budget.data)
     chosen = list(only_seeds) if only_seeds else list(range(seeds))
-    runs = train_seeds(variants, specs, chosen, budget, project, data_config)
+    runs = train_seeds(variants, specs, chosen, budget, project, data_config, finished_only)
     summary = summarize(runs, arms)
     resolved = budget.options(variants[0], 0, project).resolve(data_config)
     header = (
@@ -173,6 +176,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5, help="train each model with seeds 0..N-1")
     parser.add_argument("--only-seeds", type=int, nargs="+", default=None, help="train only these seeds")
     parser.add_argument("--data", default="data/shapes-hard.yaml", help="dataset YAML (its budget is used)")
+    parser.add_argument(
+        "--finished-only", action="store_true", help="report the finished runs and train none"
+    )
     add_run_arguments(parser, "runs/bench-plain")
     return parser.parse_args(argv)
 
