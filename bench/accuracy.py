@@ -396,12 +396,18 @@ def add_run_arguments(parser: argparse.ArgumentParser, project: str) -> None:
     parser.add_argument("--device", default="", help="cpu, 0 (empty: first GPU if any)")
 
 
+def add_seed_arguments(parser: argparse.ArgumentParser, seeds: int) -> None:
+    """--seeds N (seeds 0..N-1) and --only-seeds (processes splitting a study), as every study takes them."""
+    parser.add_argument("--seeds", type=int, default=seeds, help="train each model with seeds 0..N-1")
+    parser.add_argument("--only-seeds", type=int, nargs="+", default=None, help="train only these seeds")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="model YAMLs[:key=value...]")
-    parser.add_argument("--seeds", type=int, default=3, help="train each model with seeds 0..N-1")
+    add_seed_arguments(parser, 3)
     parser.add_argument("--data", default=DATA, help="dataset YAML")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--img", "--img-size", dest="img_size", type=int, default=None)
@@ -409,7 +415,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hyp", default=None, help="hyperparameter YAML (bare names: data/hyps/)")
     add_run_arguments(parser, "runs/bench-accuracy")
     parser.add_argument("--repeat", type=int, default=0, help="passes over the train set per epoch (0: auto)")
-    parser.add_argument("--only-seeds", type=int, nargs="+", default=None, help="train only these seeds")
     return parser.parse_args(argv)
 
 

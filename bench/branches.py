@@ -32,7 +32,14 @@ from typing import Sequence
 
 import torch
 
-from bench.accuracy import Budget, Variant, add_run_arguments, paired_interval, train_seeds
+from bench.accuracy import (
+    Budget,
+    Variant,
+    add_run_arguments,
+    add_seed_arguments,
+    paired_interval,
+    train_seeds,
+)
 from utils.data.config import load_data_config
 from utils.errors import USER_ERRORS, ConfigError
 from utils.log import setup_logging
@@ -173,8 +180,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arms", nargs="+", default=list(ARMS), help=f"any of {', '.join(ARMS)}")
-    parser.add_argument("--seeds", type=int, default=5, help="train each model with seeds 0..N-1")
-    parser.add_argument("--only-seeds", type=int, nargs="+", default=None, help="train only these seeds")
+    add_seed_arguments(parser, 5)
     parser.add_argument("--data", default="data/shapes-hard.yaml", help="dataset YAML (its budget is used)")
     parser.add_argument(
         "--finished-only", action="store_true", help="report the finished runs and train none"

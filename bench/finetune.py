@@ -36,6 +36,7 @@ from bench.accuracy import (
     Budget,
     Variant,
     add_run_arguments,
+    add_seed_arguments,
     format_table,
     summarize,
     train_or_reuse,
@@ -125,8 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=list(ARMS), help="arms: model YAML[:key=value...]")
-    parser.add_argument("--seeds", type=int, default=5, help="train each arm with seeds 0..N-1")
-    parser.add_argument("--only-seeds", type=int, nargs="+", default=None, help="train only these seeds")
+    add_seed_arguments(parser, 5)
     parser.add_argument("--data", default=TARGET, help="the target dataset YAML")
     parser.add_argument("--epochs", type=int, default=None)
     add_run_arguments(parser, "runs/bench-finetune")
