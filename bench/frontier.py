@@ -10,8 +10,8 @@ the INT8 drop of ONNX Runtime and OpenVINO against their own FP32 model (val.py 
 at the training size), and the fused model's batch-1 latency at each of --sizes in every runtime and
 precision (PyTorch FP32 and, on a CPU with native bfloat16, --half; ONNX Runtime FP32 and INT8;
 OpenVINO FP32, INT8 and bf16), interleaved in one process on --threads threads. The last table gives,
-per size, each model's fastest FP32 and fastest INT8 runtime and its time against yolov5s's in that
-same runtime.
+per size, each model's fastest FP32, INT8 and half runtime and its time against yolov5s's fastest
+runtime of that precision: each model at its best.
 """
 
 from __future__ import annotations
@@ -59,11 +59,17 @@ def study_scores(variant: Variant, study: str) -> dict:
     return {"seeds": sorted(scores), "mAP50_95": [scores[s] for s in sorted(scores)]}
 
 
+def fastest(latency: dict[str, float], labels: Sequence[str]) -> str | None:
+    """The label of the fastest runtime among labels that were measured, or None."""
+    present = [label for label in labels if label in latency]
+    return min(present, key=latency.get) if present else None
+
+
 def frontier_rows(results: dict, study: dict, sizes: Sequence[int]) -> list[dict]:
-    """One row per model and size: study mAP, INT8 drops, the fastest FP32 / INT8 / half runtime and the
-    time against the reference model in the same runtime."""
+    """One row per model and size: study mAP, INT8 drops, the fastest FP32 / INT8 / half runtime and its
+    time against the reference model's fastest runtime of the same precision (each at its best)."""
     rows = []
-    reference = results["models"][REFERENCE]["latency_ms"] if REFERENCE in results["models"] else None
+    reference = results["models"].get(REFERENCE, {}).get("latency_ms")
     for name, model in results["models"].items():
         scores = study[name]["mAP50_95"]
         drops = {label: model["map"][label].get("drop") for label in INT8 if label in model["map"]}
@@ -73,13 +79,13 @@ def frontier_rows(results: dict, study: dict, sizes: Sequence[int]) -> list[dict
                    "sd": 100 * statistics.stdev(scores) if len(scores) > 1 else None, "seeds": len(scores),
                    "int8_drop": drops}  # fmt: skip
             for kind, labels in (("fp32", FP32), ("int8", INT8), ("half", HALF)):
-                present = [label for label in labels if label in latency]
-                if not present:
+                best = fastest(latency, labels)
+                if best is None:
                     continue
-                best = min(present, key=latency.get)
                 row[kind] = {"runtime": best, "ms": latency[best]}
-                if reference is not None:
-                    row[kind]["vs_reference"] = latency[best] / reference[str(size)][best]
+                if reference is not None and fastest(reference[str(size)], labels):
+                    their = reference[str(size)]
+                    row[kind]["vs_reference"] = latency[best] / their[fastest(their, labels)]
             rows.append(row)
     return rows
 
@@ -88,15 +94,15 @@ def format_frontier(rows: list[dict], threads: int) -> str:
     lines = [
         f"\nfrontier: study mAP50-95 (points, mean (sd) over seeds), INT8 drop of the --seed run "
         f"(ORT / OpenVINO, points), fastest runtime per precision at batch 1, {threads} threads; "
-        f"x = time / {REFERENCE}'s time in that runtime",
-        f"{'px':>4s}  {'model':34s}{'mAP50-95':>14s}{'INT8 drop':>14s}  {'best FP32':34s}{'best INT8':34s}"
-        f"{'best half':30s}",
+        f"x = time / {REFERENCE}'s time in its fastest runtime of that precision",
+        f"{'px':>4s}  {'model':34s}{'mAP50-95':>14s}{'INT8 drop':>14s}  {'best FP32':38s}{'best INT8':36s}"
+        f"{'best half':34s}",
     ]
     for row in rows:
         drops = " / ".join("-" if v is None else f"{v:.2f}" for v in row["int8_drop"].values())
         score = f"{row['mAP50_95']:.1f}" + ("" if row["sd"] is None else f" ({row['sd']:.1f})")
         cells = []
-        for kind, width in (("fp32", 34), ("int8", 34), ("half", 30)):
+        for kind, width in (("fp32", 38), ("int8", 36), ("half", 34)):
             cell = row.get(kind)
             text = "-" if cell is None else f"{cell['runtime']} {cell['ms']:.1f} ms"
             if cell and "vs_reference" in cell:
