@@ -126,13 +126,13 @@ def format_tables(summary: dict, header: str) -> str:
                      f"{_mean_sd(entry['mAP50_95']):>16s}"
                      f"{'reference' if spec == REFERENCE else _points(entry['mAP50_95']['delta']):>32s}"
                      f"{entry['minutes']:11.1f}")  # fmt: skip
-    lines += ["", f"{'arm: model - its 3x3-only twin':44s}{'d mAP50-95 [95% CI], points':>32s}"
+    lines += ["", f"{'arm: model - its 3x3-only twin':52s}{'d mAP50-95 [95% CI], points':>32s}"
               f"{'d mAP50 [95% CI], points':>30s}{'seeds won':>11s}"]  # fmt: skip
     for arm, entry in summary["arms"].items():
         model, twin = ARMS[arm]
         label = f"{arm}: {Path(model.split(':')[0]).stem} - {Path(twin.split(':')[0]).stem}"
         won = f"{entry['wins']} / {entry['seeds']}"
-        lines.append(f"{label:44s}{_points(entry['mAP50_95']['delta']):>32s}"
+        lines.append(f"{label:52s}{_points(entry['mAP50_95']['delta']):>32s}"
                      f"{_points(entry['mAP50']['delta']):>30s}{won:>11s}")  # fmt: skip
     return "\n".join(lines)
 
