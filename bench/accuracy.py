@@ -309,6 +309,14 @@ def summarize(runs: list[dict], models: Sequence[str]) -> dict[str, dict]:
     return summary
 
 
+def budget_line(data: str, resolved: TrainOptions) -> str:
+    """What every run of a study shares, for its table's header: data, epochs, size, batch, hyp."""
+    return (
+        f"{Path(data).name}: {resolved.epochs} epochs, {resolved.img_size} px, batch {resolved.batch_size}, "
+        f"{resolved.hyp}"
+    )
+
+
 def _seed_list(seeds: Sequence[int]) -> str:
     ordered = sorted(seeds)
     if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 1:
@@ -375,8 +383,7 @@ def run(
     for variant in variants:
         summary[variant.spec]["fused_ms"] = fused[cfgs[variant.spec]]["fused_ms"]
     header = (
-        f"\n{Path(budget.data).name}: {resolved.epochs} epochs, {resolved.img_size} px, batch "
-        f"{resolved.batch_size}, {resolved.hyp}; seeds {_seed_list(chosen)}; torch {torch.__version__}, "
+        f"\n{budget_line(budget.data, resolved)}; seeds {_seed_list(chosen)}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads (fused ms: CPU, batch 1)"
     )
     print(format_table(summary, header))

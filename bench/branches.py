@@ -37,6 +37,7 @@ from bench.accuracy import (
     Variant,
     add_run_arguments,
     add_seed_arguments,
+    budget_line,
     paired_interval,
     train_seeds,
 )
@@ -163,11 +164,8 @@ def run(
     runs = train_seeds(variants, specs, chosen, budget, project, data_config, finished_only)
     summary = summarize(runs, arms)
     resolved = budget.options(variants[0], 0, project).resolve(data_config)
-    header = (
-        f"\n{Path(budget.data).name}: {resolved.epochs} epochs, {resolved.img_size} px, batch "
-        f"{resolved.batch_size}, {resolved.hyp}; seeds {', '.join(map(str, chosen))}; "
-        f"torch {torch.__version__}"
-    )
+    seeds_text = ", ".join(map(str, chosen))
+    header = f"\n{budget_line(budget.data, resolved)}; seeds {seeds_text}; torch {torch.__version__}"
     print(format_tables(summary, header))
     result = {"data": budget.data, "seeds": chosen, "runs": runs, **summary}
     if json_path:

@@ -37,6 +37,7 @@ from bench.accuracy import (
     Variant,
     add_run_arguments,
     add_seed_arguments,
+    budget_line,
     format_table,
     summarize,
     train_or_reuse,
@@ -110,8 +111,7 @@ def run(
         entry["fused_ms"] = float("nan")  # the fused models are those of bench.accuracy: not timed here
     resolved = budget.options(variants[0], 0, target_project).resolve(data_config)
     header = (
-        f"\n{Path(budget.data).name}: {resolved.epochs} epochs, {resolved.img_size} px, batch "
-        f"{resolved.batch_size}, {resolved.hyp}; seeds {chosen}; pretrained: {pretrained}; torch "
+        f"\n{budget_line(budget.data, resolved)}; seeds {chosen}; pretrained: {pretrained}; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(format_table(summary, header))
