@@ -164,7 +164,7 @@ def run(
     runs = train_seeds(variants, specs, chosen, budget, project, data_config, finished_only)
     summary = summarize(runs, arms)
     resolved = budget.options(variants[0], 0, project).resolve(data_config)
-    seeds_text = ", ".join(map(str, chosen))
+    seeds_text = ", ".join(map(str, sorted({row["seed"] for row in runs})))  # those that ran
     header = f"\n{budget_line(budget.data, resolved)}; seeds {seeds_text}; torch {torch.__version__}"
     print(format_tables(summary, header))
     result = {"data": budget.data, "seeds": chosen, "runs": runs, **summary}
