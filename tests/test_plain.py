@@ -46,8 +46,7 @@ def test_a_plain_file_builds_a_single_path_net_with_relu(cfg):
     assert model.yaml["activation"] == "ReLU"
     assert any(isinstance(m, nn.ReLU) for m in model.modules())
     assert not any(isinstance(m, nn.SiLU) for m in model.modules())
-    wanted = RepVGGBlock if cfg.startswith("repyolov5") and "-qa" not in cfg else Conv
-    wanted = QARepVGGBlock if "-qa" in cfg else wanted
+    wanted = {rep: block for rep, _, block in PAIRS}.get(cfg, Conv)  # a plain file: Conv in every 3x3
     assert all(isinstance(m, wanted) for m in spatial_convs(model))
     assert model.stride.tolist() == [8, 16, 32]
 
