@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from models.blocks.common import batch_norm
-from models.blocks.repvgg import PointwiseConv2d, ReparamBlock, conv_bn, copy_batch_norm, fuse_branch
+from models.blocks.repvgg import ReparamBlock, conv_bn, copy_batch_norm, fuse_branch, pointwise_conv
 from models.reparam import KernelBias, fuse_conv_bn, pad_kernel_center, sum_branches
 
 
@@ -21,7 +21,7 @@ class QARepVGGBlock(ReparamBlock):
     def build_branches(self) -> None:
         geometry = (self.in_channels, self.out_channels)
         self.branch_kxk = conv_bn(*geometry, self.kernel_size, self.stride, self.groups)
-        self.branch_1x1 = PointwiseConv2d(*geometry, self.stride, self.groups)
+        self.branch_1x1 = pointwise_conv(*geometry, self.stride, self.groups)
         self.bn = batch_norm(self.out_channels)
 
     def forward_branches(self, x: Tensor) -> Tensor:

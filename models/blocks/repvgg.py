@@ -35,6 +35,14 @@ class PointwiseConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, 1, 0, 1, self.groups)
 
 
+def pointwise_conv(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """A bias-free 1x1 conv: a PointwiseConv2d where torch's kernel would crash (strided, under 16 input
+    channels), else a plain nn.Conv2d, whose arithmetic (and so a trained model's result) is unchanged."""
+    if stride > 1 and in_channels < 16:
+        return PointwiseConv2d(in_channels, out_channels, stride, groups)
+    return nn.Conv2d(in_channels, out_channels, 1, stride, 0, groups=groups, bias=False)
+
+
 def conv_bn(
     in_channels: int,
     out_channels: int,
@@ -50,7 +58,7 @@ def conv_bn(
     padding = same_padding(kernel_size) if padding is None else padding
     branch = nn.Sequential()
     if kernel_size in (1, (1, 1)) and padding in (0, (0, 0)):
-        conv = PointwiseConv2d(in_channels, out_channels, stride, groups)
+        conv = pointwise_conv(in_channels, out_channels, stride, groups)
     else:
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
     branch.add_module("conv", conv)
