@@ -3,11 +3,14 @@
     python convert.py --weights runs/train/exp/weights/best.pt [--img 640] [--onnx] [--dynamic]
     python convert.py --weights best.pt --openvino --int8       # + OpenVINO IR, INT8 ONNX and INT8 IR
     python convert.py --weights best.pt --openvino --int8 --max-drop 1.0   # INT8 within 1 mAP50-95 point
+    python convert.py --weights best.pt --onnx --torchscript --ncnn --tflite --executorch --mnn --int8
 
 Every RepVGG block and every Conv+BN of the training form becomes one conv. The fused model is
 checked against the training form on real images from the checkpoint's dataset (random input
 when those are not on this machine) and is saved only when the relative error is at most 1e-5,
 as ``best_fused.pt`` beside the input (``deploy: True``: loading builds the fused graph directly).
+Every export is written from the fused model and checked against it (utils.deploy.edge for the edge
+formats, whose converters come from requirements-edge.txt).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 from utils.checkpoint import load_checkpoint
 from utils.cli import device_option, option, parse_options, script_main
 from utils.data.config import load_data_config
+from utils.deploy.edge import EDGE_FORMATS
 from utils.deploy.fuse import (
     FusionResult,
     format_report,
@@ -34,7 +38,7 @@ from utils.deploy.fuse import (
     save_fused,
     training_img_size,
 )
-from utils.deploy.pipeline import Int8Plan, OnnxSettings, write_int8, write_onnx, write_openvino
+from utils.deploy.pipeline import Int8Plan, OnnxSettings, write_edge, write_int8, write_onnx, write_openvino
 from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_files
 from utils.device import select_device
 from utils.errors import CheckpointError, ConfigError, ConversionError, DataError
@@ -62,6 +66,17 @@ class ConvertOptions:
         False, "also write INT8 models: <stem>_int8.onnx (ONNX Runtime) and, with --openvino, "
         "<stem>_int8_openvino_model/ (NNCF); implies --onnx",
     )  # fmt: skip
+    torchscript: bool = option(False, "also write <stem>.torchscript")
+    ncnn: bool = option(False, "also write an NCNN model, <stem>_ncnn_model/ (pnnx)")
+    tflite: bool = option(
+        False, "also write LiteRT models <stem>.tflite and <stem>_float16.tflite, with --int8 also "
+        "<stem>_int8.tflite (litert-torch)",
+    )  # fmt: skip
+    executorch: bool = option(
+        False, "also write an ExecuTorch program <stem>.pte (XNNPACK), with --int8 also <stem>_int8.pte"
+    )
+    mnn: bool = option(False, "also write an MNN model <stem>.mnn from the ONNX (implies --onnx)")
+    coreml: bool = option(False, "also write a CoreML ML Program <stem>.mlpackage (runs on macOS only)")
     calib: int = option(DEFAULT_CALIBRATION_IMAGES, "INT8 calibration images (default %(default)s)")
     calib_data: str | Path | None = option(
         None, "calibration images: a dataset YAML (its train split), a folder or a .txt list "
@@ -80,7 +95,16 @@ class ConvertOptions:
 
     @property
     def exports_onnx(self) -> bool:
-        return self.onnx or self.openvino or self.int8
+        return self.onnx or self.openvino or self.int8 or self.mnn
+
+    @property
+    def edge_formats(self) -> list[str]:
+        """The edge formats asked for, in utils.deploy.edge.EDGE_FORMATS order."""
+        return [flag for flag in EDGE_FORMATS if getattr(self, flag)]
+
+    @property
+    def exports(self) -> bool:
+        return self.exports_onnx or bool(self.edge_formats)
 
     def onnx_settings(self) -> OnnxSettings:
         return OnnxSettings(self.opset, self.dynamic, self.runs, self.threads)
@@ -127,10 +151,12 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
     ckpt = load_checkpoint(weights)
     img_size = options.img_size or training_img_size(ckpt)
     plan = int8_plan(ckpt, options)  # bad INT8 arguments fail before any work
+    for flag in options.edge_formats:
+        EDGE_FORMATS[flag].require()  # so does a converter that is not installed
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}
-        if not options.exports_onnx:
+        if not options.exports:
             return report
         model, images, _ = load_with_images(ckpt, img_size, device)
         onnx_path = weights.with_suffix(".onnx")
@@ -145,6 +171,14 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
         model, images, onnx_path = result.fused, result.images, output.with_suffix(".onnx")
     if options.exports_onnx:
         report.update(export(model, onnx_path, images, options, plan))
+    if options.edge_formats:
+        onnx_written = onnx_path if options.exports_onnx else None
+        edge = write_edge(model, onnx_path.with_suffix(""), images, options.edge_formats, onnx_written, plan)
+        print(edge.describe())
+        report["edge"] = {check.path: dataclasses.asdict(check) for check in edge.checks}
+        report["bounded"] = report.get("bounded", {}) | {
+            path: dataclasses.asdict(result) | {"drop": result.drop} for path, result in edge.bounded.items()
+        }
     return report
 
 

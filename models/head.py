@@ -61,7 +61,9 @@ class Detect(nn.Module):
         grid = self._grid(level, height, width, raw)
         scores = raw.sigmoid()
         xy = (scores[..., 0:2] * 2 - 0.5 + grid) * self.stride[level]
-        wh = (scores[..., 2:4] * 2) ** 2 * self.anchors[level].view(1, self.na, 1, 1, 2)
+        doubled = scores[..., 2:4] * 2
+        # a product, not ** 2: LiteRT has no Pow op that its converter accepts
+        wh = doubled * doubled * self.anchors[level].view(1, self.na, 1, 1, 2)
         decoded = torch.cat((xy, wh, scores[..., 4:]), -1)
         return decoded.view(batch, -1, self.no)  # (B, na*H*W, 5 + nc)
 

@@ -1,11 +1,20 @@
 """The face every detector shows to evaluation, training and deployment: ``InferenceModel``, called on a
 float tensor (B, 3, H, W), RGB, 0..1, returns the decoded predictions (B, N, 5 + nc) as a torch tensor
 (cx, cy, w, h in input pixels, objectness, class scores), whatever runs underneath. ``TorchInferenceModel``
-is the PyTorch one; the exported runtimes (ONNX Runtime, OpenVINO) are in utils.deploy.backend."""
+is the PyTorch one; ``ArrayInferenceModel`` the base of the exported runtimes (ONNX Runtime, OpenVINO in
+utils.deploy.backend; the edge formats in utils.deploy.edge_runtimes)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+from utils.errors import WeightsError
+
+LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.data.preprocess.letterbox, as a 0..1 value
 
 
 class InferenceModel:
@@ -76,3 +85,51 @@ class TorchInferenceModel(InferenceModel):
         images = images.to(self.device, torch.float32, memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.half_precision, enabled=self.half):
             return self.model(images).float()
+
+
+class ArrayInferenceModel(InferenceModel):
+    """A runtime that takes and returns numpy arrays on the CPU (ONNX Runtime, OpenVINO). A static graph
+    takes smaller inputs padded at the bottom and right with letterbox gray (box coordinates are
+    unchanged by that), and any batch size, run in chunks of the graph's batch."""
+
+    def __init__(self, path: Path, metadata: dict, device: torch.device, input_shape: list) -> None:
+        if "names" not in metadata or "stride" not in metadata:
+            raise WeightsError(
+                f"{path} has no class names or stride in its metadata, so it was not exported by RepYOLO; "
+                "export the checkpoint with convert.py."
+            )
+        super().__init__(metadata["names"], metadata["stride"], device, bool(metadata.get("deploy", True)))
+        self.path = path
+        static = [value if isinstance(value, int) and value > 0 else None for value in input_shape]
+        self.fixed_batch = static[0]
+        if static[2] is not None and static[3] is not None:
+            self.fixed_input_hw = (static[2], static[3])
+        exported_hw = metadata.get("img_size")
+        self.train_img_size = int(max(exported_hw)) if exported_hw else None
+
+    def run_array(self, array: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, h, w) -> decoded predictions (B, N, 5 + nc), on the images' device."""
+        if self.fixed_input_hw is not None:
+            images = self._pad_to_fixed(images)
+        chunk = self.fixed_batch or images.shape[0]
+        array = images.detach().to("cpu", torch.float32).numpy()
+        outputs = [
+            self.run_array(np.ascontiguousarray(array[i : i + chunk]))
+            for i in range(0, array.shape[0], chunk)
+        ]
+        return torch.from_numpy(np.concatenate(outputs, 0)).to(images.device)
+
+    def _pad_to_fixed(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = self.fixed_input_hw
+        h, w = images.shape[-2:]
+        if h > height or w > width:
+            raise WeightsError(
+                f"{self.path} was exported for a fixed {height}x{width} input but got {h}x{w}; use image "
+                f"size {max(height, width)} or re-export it with dynamic axes."
+            )
+        if (h, w) == (height, width):
+            return images
+        return F.pad(images, (0, width - w, 0, height - h), value=LETTERBOX_GRAY)

@@ -14,67 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from utils.deploy.metadata import read_metadata, read_openvino_metadata
+from utils.deploy.edge_runtimes import EXPORT_NAMES, RUNTIMES, edge_format_of
+from utils.deploy.metadata import read_folder_metadata, read_metadata
 from utils.device import half_dtype, select_device
 from utils.errors import WeightsError, WeightsNotFoundError
-from utils.inference import InferenceModel, TorchInferenceModel
+from utils.inference import ArrayInferenceModel, InferenceModel, TorchInferenceModel
 from utils.yolov5_checkpoint import missing_release_message
 
 LOGGER = logging.getLogger(__name__)
 
-LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.data.preprocess.letterbox, as a 0..1 value
 # Ops that only a quantized ONNX graph holds (QDQ format, as utils.deploy.quantize writes, or QOperator)
 QUANTIZED_ONNX_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"})
-
-
-class ArrayInferenceModel(InferenceModel):
-    """A runtime that takes and returns numpy arrays on the CPU (ONNX Runtime, OpenVINO). A static graph
-    takes smaller inputs padded at the bottom and right with letterbox gray (box coordinates are
-    unchanged by that), and any batch size, run in chunks of the graph's batch."""
-
-    def __init__(self, path: Path, metadata: dict, device: torch.device, input_shape: list) -> None:
-        if "names" not in metadata or "stride" not in metadata:
-            raise WeightsError(
-                f"{path} has no class names or stride in its metadata, so it was not exported by RepYOLO; "
-                "export the checkpoint with convert.py."
-            )
-        super().__init__(metadata["names"], metadata["stride"], device, bool(metadata.get("deploy", True)))
-        self.path = path
-        static = [value if isinstance(value, int) and value > 0 else None for value in input_shape]
-        self.fixed_batch = static[0]
-        if static[2] is not None and static[3] is not None:
-            self.fixed_input_hw = (static[2], static[3])
-        exported_hw = metadata.get("img_size")
-        self.train_img_size = int(max(exported_hw)) if exported_hw else None
-
-    def run_array(self, array: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, h, w) -> decoded predictions (B, N, 5 + nc), on the images' device."""
-        if self.fixed_input_hw is not None:
-            images = self._pad_to_fixed(images)
-        chunk = self.fixed_batch or images.shape[0]
-        array = images.detach().to("cpu", torch.float32).numpy()
-        outputs = [
-            self.run_array(np.ascontiguousarray(array[i : i + chunk]))
-            for i in range(0, array.shape[0], chunk)
-        ]
-        return torch.from_numpy(np.concatenate(outputs, 0)).to(images.device)
-
-    def _pad_to_fixed(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = self.fixed_input_hw
-        h, w = images.shape[-2:]
-        if h > height or w > width:
-            raise WeightsError(
-                f"{self.path} was exported for a fixed {height}x{width} input but got {h}x{w}; use image "
-                f"size {max(height, width)} or re-export it with dynamic axes."
-            )
-        if (h, w) == (height, width):
-            return images
-        return F.pad(images, (0, width - w, 0, height - h), value=LETTERBOX_GRAY)
 
 
 class OnnxInferenceModel(ArrayInferenceModel):
@@ -128,7 +79,7 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
 
         xml = openvino_xml(path)
         half_precision = half_dtype(torch.device("cpu")) if half else None  # OpenVINO runs on the CPU
-        metadata = read_openvino_metadata(xml)
+        metadata = read_folder_metadata(xml.parent, xml.name, "--openvino")
         try:
             core = ov.Core()
             network = core.read_model(str(xml))
@@ -207,7 +158,15 @@ def load_inference_model(
             "folder."
         )
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix == ".xml":
+    edge_format = edge_format_of(path)
+    if edge_format is not None:
+        if half:
+            raise WeightsError(
+                f"--half runs .pt weights and OpenVINO IRs in half precision, but {path} runs as exported; "
+                "drop --half (convert.py --tflite writes a float16 LiteRT model)."
+            )
+        model = RUNTIMES[edge_format](path, device, threads)
+    elif path.is_dir() or suffix == ".xml":
         model = OpenVINOInferenceModel(path, device, threads, half)
     elif suffix == ".onnx":
         if half:
@@ -225,7 +184,8 @@ def load_inference_model(
         model.train_img_size = int(recorded) if recorded else None
     else:
         raise WeightsError(
-            f"weights {path} are not a .pt checkpoint, an .onnx file or an OpenVINO IR; pass one of those."
+            f"weights {path} are not a .pt checkpoint, an .onnx file, an OpenVINO IR or an export of "
+            f"convert.py ({', '.join(EXPORT_NAMES)}); pass one of those."
         )
     LOGGER.debug("loaded %s (%s, %d classes, stride %d)", path, model.kind, model.nc, model.stride)
     if model.half:

@@ -18,8 +18,8 @@ from utils.deploy.metadata import (
     OUTPUT_NAME,
     openvino_xml_path,
     read_metadata,
+    write_folder_metadata,
     write_metadata,
-    write_openvino_metadata,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -88,5 +88,5 @@ def export_openvino(onnx_path: Path) -> Path:
     xml = openvino_xml_path(onnx_path)
     xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-    write_openvino_metadata(xml.parent, read_metadata(onnx.load(str(onnx_path), load_external_data=False)))
+    write_folder_metadata(xml.parent, read_metadata(onnx.load(str(onnx_path), load_external_data=False)))
     return xml

@@ -1,6 +1,8 @@
 """The exported files' format: what the graph's input and output are called and how the metadata a loader
-needs (class names, stride, input size, whether the axes are dynamic) travels with them, in an ONNX
-model's ``metadata_props`` and as ``metadata.yaml`` beside an OpenVINO IR. Writing an export
+needs (class names, stride, input size, whether the axes are dynamic) travels with them: in an ONNX
+model's ``metadata_props``, as ``metadata.yaml`` in an OpenVINO IR's or NCNN model's folder, and as a zip
+archive appended to a LiteRT (.tflite) or ExecuTorch (.pte) file (their runtimes read the model from the
+start of the file and ignore what follows, as yolov5 does for TFLite). Writing an export
 (utils.deploy.export) and loading one (utils.deploy.backend) both build on this module.
 
 The graph has one input ``images`` (B, 3, H, W) float32 RGB in 0..1 and one output ``output``
@@ -11,6 +13,7 @@ the same as ``Model`` in eval mode.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,9 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output"
-OPENVINO_METADATA = "metadata.yaml"
+FOLDER_METADATA = "metadata.yaml"  # in an OpenVINO IR's or NCNN model's folder
+ZIP_METADATA = "metadata.json"  # in the zip appended to a .tflite or .pte file
+NCNN_PARAM, NCNN_WEIGHTS = "model.ncnn.param", "model.ncnn.bin"  # in a *_ncnn_model/ folder
 
 
 def write_metadata(onnx_model: onnx.ModelProto, values: dict[str, Any]) -> None:
@@ -56,16 +61,32 @@ def openvino_xml_path(onnx_path: Path) -> Path:
     return openvino_folder(onnx_path) / f"{onnx_path.stem}.xml"
 
 
-def write_openvino_metadata(folder: Path, metadata: dict[str, Any]) -> Path:
-    return write_text_atomic(folder / OPENVINO_METADATA, yaml.safe_dump(metadata, sort_keys=False))
+def write_folder_metadata(folder: Path, metadata: dict[str, Any]) -> Path:
+    return write_text_atomic(folder / FOLDER_METADATA, yaml.safe_dump(metadata, sort_keys=False))
 
 
-def read_openvino_metadata(xml: Path) -> dict[str, Any]:
-    """The metadata.yaml beside an IR's .xml. Raises WeightsError when it is missing or unreadable."""
-    metadata_file = xml.parent / OPENVINO_METADATA
+def read_folder_metadata(folder: Path, model_file: str, flag: str) -> dict[str, Any]:
+    """The metadata.yaml in an exported model's folder. Raises WeightsError when it is missing or
+    unreadable, naming convert.py's ``flag`` that writes such a folder."""
+    metadata_file = folder / FOLDER_METADATA
     if not metadata_file.is_file():
         raise WeightsError(
-            f"{xml.parent} has no {OPENVINO_METADATA} beside {xml.name}, so it was not exported by RepYOLO; "
-            "export the checkpoint with convert.py --openvino."
+            f"{folder} has no {FOLDER_METADATA} beside {model_file}, so it was not exported by RepYOLO; "
+            f"export the checkpoint with convert.py {flag}."
         )
     return load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
+
+
+def append_zip_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Append ``metadata`` to a model file as a zip archive holding metadata.json."""
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+        archive.writestr(ZIP_METADATA, json.dumps(metadata))
+
+
+def read_zip_metadata(path: Path) -> dict[str, Any] | None:
+    """The metadata appended by append_zip_metadata, or None when the file carries none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(ZIP_METADATA))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError):
+        return None

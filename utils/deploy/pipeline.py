@@ -15,7 +15,13 @@ from torch import nn
 from utils.deploy.backend import load_inference_model
 from utils.deploy.export import export_onnx, export_openvino, model_metadata
 from utils.deploy.graph import decode_tail_nodes
-from utils.deploy.metadata import openvino_xml_path, read_metadata, write_openvino_metadata
+from utils.deploy.metadata import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    openvino_xml_path,
+    read_metadata,
+    write_folder_metadata,
+)
 from utils.deploy.partial_quantization import (
     AccuracyTarget,
     BoundedResult,
@@ -31,6 +37,7 @@ from utils.deploy.verify import (
     check_onnx,
     compare_with_model,
 )
+from utils.errors import ConversionError
 from utils.evaluation.loader import validation_loader
 
 LOGGER = logging.getLogger(__name__)
@@ -120,7 +127,7 @@ def write_int8(
             openvino_xml_path(onnx_path), int8_xml, files, img_size, kept, target, metadata
         )
         LOGGER.info(result.bounded["openvino"].describe())
-    write_openvino_metadata(int8_xml.parent, metadata)
+    write_folder_metadata(int8_xml.parent, metadata)
     result.checks.append(compare_with_model(model, int8_xml.parent, images, None))
     return result
 
@@ -139,3 +146,129 @@ def accuracy_target(onnx_path: Path, data_config: dict, img_size: int, max_drop:
     predictor = load_inference_model(onnx_path)
     batches = list(validation_loader(data_config, "val", img_size, 32, 0, predictor))
     return AccuracyTarget(batches, map_scorer(list(data_config["names"])), max_drop)
+
+
+# --- the edge formats (utils.deploy.edge) -------------------------------------------------------------
+
+MAX_FLOAT16_RELATIVE_ERROR = 1e-3  # float16 weights: a rounding of each weight to 11 significant bits
+
+
+@dataclass
+class SpecCheck:
+    """What is checked of an artefact that cannot run here (CoreML off macOS): its declared input and
+    output and its convolution count against the fused model's."""
+
+    path: str
+    kind: str
+    inputs: dict[str, list[int]]
+    outputs: list[str]
+    convolutions: int
+    ops: int
+
+    def describe(self) -> str:
+        inputs = ", ".join(f"{name} {tuple(shape)}" for name, shape in self.inputs.items())
+        return (
+            f"{self.kind} {self.path}: spec checked (input {inputs}, output {', '.join(self.outputs)}, "
+            f"{self.convolutions} convolutions as the fused model, {self.ops} ops); not scored here: "
+            "Core ML predicts only on macOS"
+        )
+
+
+@dataclass
+class EdgeResult:
+    """The edge artefacts' checks (RuntimeCheck, or SpecCheck for CoreML) and, with --max-drop, each INT8
+    artefact's mAP50-95 against the FP32 ONNX graph at the same input ({artefact path: BoundedResult})."""
+
+    checks: list = field(default_factory=list)
+    bounded: dict[str, BoundedResult] = field(default_factory=dict)
+    int8: bool = False  # an INT8 artefact was written
+
+    def describe(self) -> str:
+        lines = [check.describe() for check in self.checks]
+        lines += [result.describe() for result in self.bounded.values()]
+        return "\n".join(lines + [INT8_NOTE] * self.int8)
+
+
+def edge_inputs(model: nn.Module, images: torch.Tensor, onnx_path: Path | None, plan: Int8Plan | None):
+    """What the edge writers get (utils.deploy.edge.EdgeInputs): the fused model on the CPU, one image as
+    the example input, the metadata the ONNX graph carries, and with ``plan`` its calibration images."""
+    from utils.deploy.edge import EdgeInputs
+    from utils.deploy.quantize import calibration_batches
+
+    model = model.float().cpu().eval()
+    example = images[:1].cpu()
+    img_hw = list(example.shape[-2:])
+    metadata = model_metadata(model) | {"dynamic": False, "img_size": img_hw}
+    calibration = None
+    if plan is not None:
+        files = plan.calibration
+
+        def calibration():
+            return (torch.from_numpy(batch) for batch in calibration_batches(files, img_hw[-1]))
+
+    return EdgeInputs(model, example, metadata, calibration, onnx_path)
+
+
+def write_edge(
+    model: nn.Module, base: Path, images: torch.Tensor, flags: list[str], onnx_path: Path | None, plan
+) -> EdgeResult:
+    """Write the edge formats ``flags`` (keys of utils.deploy.edge.EDGE_FORMATS) of the fused ``model``
+    beside ``base`` (the fused checkpoint without its suffix) and check each against ``model`` on
+    ``images``: FP32 within MAX_ONNX_RELATIVE_ERROR, FP16 within MAX_FLOAT16_RELATIVE_ERROR, INT8 by its
+    mAP50-95 when ``plan`` has a max_drop (against the FP32 ONNX graph ``onnx_path``)."""
+    from utils.deploy.edge import WRITERS
+
+    inputs = edge_inputs(model, images, onnx_path, plan)
+    result = EdgeResult()
+    target = None
+    if plan is not None and plan.validation is not None:
+        target = accuracy_target(onnx_path, plan.validation, int(images.shape[-1]), plan.max_drop)
+        reference = target.score(load_inference_model(onnx_path), target.batches)
+    for flag in flags:
+        LOGGER.info("Writing %s ...", flag)
+        for written in WRITERS[flag](inputs, base):
+            if flag == "coreml":
+                result.checks.append(check_coreml_spec(model, written.path))
+                continue
+            limits = {"float32": MAX_ONNX_RELATIVE_ERROR, "float16": MAX_FLOAT16_RELATIVE_ERROR}
+            limit = limits.get(written.precision)  # None for INT8: judged by its mAP
+            result.checks.append(compare_with_model(model, written.path, images, limit))
+            result.int8 |= written.precision == "int8"
+            if written.precision == "int8" and target is not None:
+                result.bounded[str(written.path)] = bounded_edge_int8(written.path, target, reference)
+    return result
+
+
+def bounded_edge_int8(path: Path, target: AccuracyTarget, reference: float) -> BoundedResult:
+    """The INT8 artefact's mAP50-95 on the target's batches against the FP32 ONNX graph's (``reference``);
+    ConversionError when the drop is over the bound (the layer search is ONNX Runtime's and OpenVINO's)."""
+    score = target.score(load_inference_model(path), target.batches)
+    result = BoundedResult(f"{path.name} (against the FP32 ONNX graph)", target.max_drop, reference, score)
+    if result.drop > target.max_drop:
+        raise ConversionError(
+            f"{path} scores mAP50-95 {score:.2f}, {result.drop:.2f} points under the FP32 ONNX graph's "
+            f"{reference:.2f} at the same input, over --max-drop {target.max_drop:g}; deploy its float "
+            "artefact, or the ONNX Runtime or OpenVINO INT8 model, whose search keeps layers float until "
+            "the bound holds."
+        )
+    return result
+
+
+def check_coreml_spec(model: nn.Module, path: Path) -> SpecCheck:
+    """Read back the written ML Program's spec: one input 'images' of the example's shape, one output,
+    as many convolutions as the fused model has. ConversionError when it is not so."""
+    from utils.deploy.edge import import_coremltools
+
+    spec = import_coremltools().models.MLModel(str(path), skip_model_load=True).get_spec()
+    inputs = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
+    outputs = [o.name for o in spec.description.output]
+    ops = [op.type for function in spec.mlProgram.functions.values()
+           for block in function.block_specializations.values() for op in block.operations]  # fmt: skip
+    convolutions = sum(op == "conv" for op in ops)
+    expected = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    if list(inputs) != [INPUT_NAME] or outputs != [OUTPUT_NAME] or convolutions != expected:
+        raise ConversionError(
+            f"{path} declares inputs {list(inputs)}, outputs {outputs} and {convolutions} convolutions, not "
+            f"'{INPUT_NAME}', '{OUTPUT_NAME}' and the fused model's {expected}; do not deploy it."
+        )
+    return SpecCheck(str(path), "coreml", inputs, outputs, convolutions, sum(op != "const" for op in ops))
