@@ -83,9 +83,12 @@ def trained_weights(cfg: str, given: str | None, epochs: int, project: Path) -> 
     return best
 
 
-def converted(weights: Path, folder: Path, img_size: int, calib: int, max_drop: float | None) -> dict:
-    """convert.py --openvino --int8 [--max-drop] of ``weights`` into ``folder`` (reused when done);
-    returns {"fused": path of the fused .pt, "bounded": what --max-drop kept}."""
+def converted(
+    weights: Path, folder: Path, img_size: int, calib: int, max_drop: float | None, flags: Mapping = {}
+) -> dict:
+    """convert.py --openvino --int8 [--max-drop] and the ``flags`` ({"tflite": True, ...}) of ``weights``
+    into ``folder`` (reused when done); returns {"fused": path of the fused .pt, "bounded": what
+    --max-drop kept}."""
     import convert
 
     marker = folder / "converted.json"
@@ -94,7 +97,7 @@ def converted(weights: Path, folder: Path, img_size: int, calib: int, max_drop: 
     folder.mkdir(parents=True, exist_ok=True)
     fused = folder / f"{weights.stem}_fused.pt"
     report = convert.run(weights, output=fused, img_size=img_size, openvino=True, int8=True, calib=calib,
-                         max_drop=max_drop, runs=1)  # fmt: skip
+                         max_drop=max_drop, runs=1, **flags)  # fmt: skip
     done = {"fused": str(fused), "bounded": report.get("bounded", {})}
     marker.write_text(json.dumps(done, indent=2, default=str))
     return done

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -196,8 +197,12 @@ def import_coremltools():
 
 
 def traced(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    with torch.no_grad():
-        return torch.jit.trace(model.eval(), example, strict=False)
+    """The TorchScript trace of ``model`` on ``example`` (without torch's re-trace check, which the Detect
+    layer's grid cache fails and the artefact's own check against PyTorch replaces; torch's warnings
+    that tracing is deprecated and that the grid size is fixed, as the export is, silenced)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model.eval(), example, strict=False, check_trace=False)
 
 
 # --- the writers --------------------------------------------------------------------------------------
@@ -207,7 +212,11 @@ def write_torchscript(inputs: EdgeInputs, base: Path) -> list[Written]:
     """The traced model with the metadata as an extra file (yolov5's config.txt)."""
     path = TORCHSCRIPT_FORMAT.path(base)
     buffer = io.BytesIO()
-    torch.jit.save(traced(inputs.model, inputs.example), buffer, _extra_files=metadata_files(inputs.metadata))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.save is deprecated
+        torch.jit.save(
+            traced(inputs.model, inputs.example), buffer, _extra_files=metadata_files(inputs.metadata)
+        )
     write_bytes_atomic(path, buffer.getvalue())
     return [Written(path, "float32")]
 
@@ -225,8 +234,10 @@ def write_ncnn(inputs: EdgeInputs, base: Path) -> list[Written]:
     folder = NCNN_FORMAT.path(base)
     shape = list(inputs.example.shape)
     with staged_folder(folder) as stage, tempfile.TemporaryDirectory(dir=stage) as work:
-        traced_file = Path(work) / "model.pt"
-        traced(inputs.model, inputs.example).save(str(traced_file))
+        traced_file = Path(work).resolve() / "model.pt"  # pnnx runs in ``work``: an absolute path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced(inputs.model, inputs.example).save(str(traced_file))
         # fp16=0: FP32 weights in the .bin (pnnx stores float16 by default)
         input_shape = "inputshape=[" + ",".join(map(str, shape)) + "]"
         command = [pnnx.EXEC_PATH, str(traced_file), input_shape, "fp16=0"]

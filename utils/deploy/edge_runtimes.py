@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ LOGGER = logging.getLogger(__name__)
 
 def corrupt(path: Path, edge_format: EdgeFormat) -> WeightsError:
     return WeightsError(
-        f"{path} is corrupt or not a {edge_format.title} model; "
+        f"{path} is corrupt or is no {edge_format.title} model; "
         f"re-export it with convert.py --{edge_format.flag}."
     )
 
@@ -59,7 +60,9 @@ class TorchScriptInferenceModel(ArrayInferenceModel):
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         extra = {"config.txt": ""}
         try:
-            self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load is deprecated
+                self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
             metadata = json.loads(extra["config.txt"] or "{}")
         except Exception as error:  # a broken zip or pickle: RuntimeError, JSONDecodeError, ...
             LOGGER.debug("torch.jit.load(%s) failed: %s", path, error)

@@ -1,0 +1,204 @@
+"""The edge formats (convert.py --torchscript --ncnn --tflite --executorch --mnn --coreml): one tiny model
+through every installed format, at 64 px with --int8 (8 calibration images): the artefacts under yolov5's
+names, each loaded by load_inference_model and close to PyTorch, scored by val.py, run by detect.py and
+the hub; a corrupt file of each refused in one sentence; a missing converter or runtime named with the
+requirements file. A format whose packages are not installed (requirements-edge.txt) skips, saying so."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import make_tiny_dataset, write_tiny_checkpoint
+from utils.data.config import load_data_config
+from utils.deploy.edge import EDGE_FORMATS
+from utils.errors import ConversionError, WeightsError
+
+FLAGS = list(EDGE_FORMATS)
+# artefact (after the fused checkpoint's stem) -> (format flag, precision)
+ARTEFACTS = {
+    ".torchscript": ("torchscript", "float32"),
+    "_ncnn_model": ("ncnn", "float32"),
+    ".tflite": ("tflite", "float32"),
+    "_float16.tflite": ("tflite", "float16"),
+    "_int8.tflite": ("tflite", "int8"),
+    ".pte": ("executorch", "float32"),
+    "_int8.pte": ("executorch", "int8"),
+    ".mnn": ("mnn", "float32"),
+}
+RUNNABLE = [pytest.param(suffix, id=suffix.lstrip("._")) for suffix in ARTEFACTS]
+LIMITS = {"float32": 1e-4, "float16": 1e-3, "int8": 0.05}  # relative to the largest output
+
+
+def installed(flag: str) -> bool:
+    return not EDGE_FORMATS[flag].missing()
+
+
+def skip_unless_installed(flag: str) -> None:
+    if not installed(flag):
+        pytest.skip(f"--{flag} needs {', '.join(EDGE_FORMATS[flag].missing())} (requirements-edge.txt)")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(fused model, artefact stem path, data yaml, convert report): the tiny checkpoint fused and written
+    in every installed edge format (and ONNX, which MNN converts from) at 64 px, with --int8."""
+    import convert
+    from utils.checkpoint import load_model
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("edge")
+    data_yaml, _ = make_tiny_dataset(root)
+    data = load_data_config(data_yaml)
+    checkpoint = write_tiny_checkpoint(root / "best.pt", data=data, names=data["names"])
+    flags = {flag: True for flag in FLAGS if installed(flag)}
+    report = convert.run(checkpoint, img_size=64, runs=1, onnx=True, int8=True, **flags)
+    fused, _ = load_model(root / "best_fused.pt")
+    return fused.eval(), root / "best_fused", data_yaml, report
+
+
+def artefact(exported, suffix: str) -> Path:
+    flag, _ = ARTEFACTS[suffix]
+    skip_unless_installed(flag)
+    return exported[1].with_name(exported[1].name + suffix)
+
+
+@pytest.mark.parametrize("suffix", RUNNABLE)
+def test_each_artefact_is_written_checked_and_runs_close_to_pytorch(exported, suffix):
+    from utils.deploy.backend import load_inference_model
+
+    path = artefact(exported, suffix)
+    fused, _, _, report = exported
+    flag, precision = ARTEFACTS[suffix]
+    assert str(path) in report["edge"], "convert.py checks every artefact it writes"
+    runtime = load_inference_model(path)
+    assert runtime.kind == flag and runtime.precision == precision
+    assert runtime.names == list(fused.names) and runtime.stride == 32 and runtime.fixed_input_hw == (64, 64)
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 64, 64)  # two images: the static (1, 3, 64, 64) input runs them one by one
+    with torch.no_grad():
+        reference = fused(images)
+    output = runtime(images)
+    assert output.shape == reference.shape
+    assert float((output - reference).abs().max() / reference.abs().max()) <= LIMITS[precision]
+
+
+@pytest.mark.parametrize("suffix", RUNNABLE)
+def test_val_scores_each_artefact_as_the_onnx_graph_at_the_same_input(exported, suffix):
+    import val
+
+    path = artefact(exported, suffix)
+    _, stem, data_yaml, _ = exported
+    reference = val.run(data=str(data_yaml), weights=str(stem.with_suffix(".onnx")), img_size=64)
+    scored = val.run(data=str(data_yaml), weights=str(path), img_size=64)
+    tolerance = 0.02 if ARTEFACTS[suffix][1] == "int8" else 0.002  # mAP50-95 as a fraction, untrained
+    assert abs(scored["map50_95"] - reference["map50_95"]) <= tolerance
+
+
+@pytest.mark.parametrize("suffix", ["_ncnn_model", "_int8.tflite"])
+def test_detect_runs_the_ncnn_and_litert_int8_artefacts(exported, suffix, tmp_path):
+    import detect
+
+    path = artefact(exported, suffix)
+    source = exported[2].parent / "shapes" / "images" / "val"
+    result = detect.run(
+        weights=str(path), source=str(source), img_size=64, project=str(tmp_path), save_txt=True
+    )
+    assert len(list(Path(result["save_dir"]).glob("*.jpg"))) == len(list(source.glob("*.jpg")))
+
+
+def test_the_hub_custom_entry_takes_an_edge_artefact(exported):
+    import hubconf
+
+    path = artefact(exported, ".tflite")
+    detector = hubconf.custom(str(path), device="cpu")
+    image = (torch.rand(80, 96, 3) * 255).to(torch.uint8).numpy()
+    detections = detector(image)
+    assert detections.names == list(exported[0].names)
+
+
+def test_coreml_is_written_and_its_spec_checked_and_loading_it_off_macos_says_why(exported):
+    from utils.deploy.backend import load_inference_model
+
+    skip_unless_installed("coreml")
+    path = exported[1].with_name(exported[1].name + ".mlpackage")
+    check = exported[3]["edge"][str(path)]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in exported[0].modules())
+    assert check["inputs"] == {"images": [1, 3, 64, 64]} and check["outputs"] == ["output"]
+    assert check["convolutions"] == convs
+    if platform.system() != "Darwin":
+        with pytest.raises(WeightsError, match=r"CoreML model, and Core ML runs models only on macOS"):
+            load_inference_model(path)
+
+
+@pytest.mark.parametrize("suffix", [".torchscript", "_ncnn_model", ".tflite", ".pte", ".mnn"])
+def test_a_corrupt_file_of_each_format_is_refused_in_one_sentence(exported, suffix, tmp_path):
+    from utils.deploy.backend import load_inference_model
+
+    flag, _ = ARTEFACTS[suffix]
+    skip_unless_installed(flag)
+    garbage = b"\x00\x01 not a model \xb7\xff" * 8
+    path = tmp_path / f"broken{suffix}"
+    if suffix == "_ncnn_model":
+        path.mkdir()
+        for name in ("model.ncnn.param", "model.ncnn.bin"):
+            (path / name).write_bytes(garbage)
+        (path / "metadata.yaml").write_text("names: [a]\nstride: 32\nimg_size: [64, 64]\n")
+    else:
+        path.write_bytes(garbage)
+    with pytest.raises(WeightsError) as error:
+        load_inference_model(path)
+    message = str(error.value)
+    assert str(path) in message and f"convert.py --{flag}" in message and message.count(". ") == 0
+
+
+def test_an_artefact_without_repyolo_metadata_is_refused(exported, tmp_path):
+    from utils.deploy.backend import load_inference_model
+
+    path = artefact(exported, ".tflite")
+    data = path.read_bytes()
+    foreign = tmp_path / "foreign.tflite"
+    foreign.write_bytes(data[: data.rindex(b"PK\x03\x04")])  # the model without the appended zip
+    with pytest.raises(WeightsError, match="carries no RepYOLO metadata"):
+        load_inference_model(foreign)
+
+
+def hide_module(monkeypatch, hidden: str) -> None:
+    """As if the package ``hidden`` were not installed (EdgeFormat.missing asks importlib.util.find_spec)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == hidden else real(name, *a)
+    )
+
+
+def test_a_missing_converter_is_one_sentence_naming_the_package_and_the_requirements_file(
+    weights, monkeypatch
+):
+    import convert
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pnnx" else real(name, *a)
+    )
+    with pytest.raises(
+        ConversionError,
+        match=r"--ncnn needs pnnx, which is not installed; pip install -r requirements-edge\.txt",
+    ):
+        convert.run(weights, ncnn=True)
+    assert not weights.with_name("best_fused.pt").exists(), "nothing is written before the refusal"
+
+
+def test_a_missing_runtime_is_one_sentence_naming_the_requirements_file(exported, monkeypatch):
+    from utils.deploy.backend import load_inference_model
+
+    path = artefact(exported, ".mnn")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "MNN" else real(name, *a)
+    )
+    with pytest.raises(WeightsError, match=r"running .*\.mnn needs MNN, which is not installed"):
+        load_inference_model(path)
