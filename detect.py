@@ -44,8 +44,12 @@ LOGGER = logging.getLogger(__name__)
 class DetectOptions:
     """What detect.py's flags set (utils.cli.option)."""
 
-    weights: str | Path = option("", ".pt checkpoint (ours, either form, or yolov5's), .onnx or OpenVINO IR",
-                                 required=True)  # fmt: skip
+    weights: str | Path = option(
+        "",
+        ".pt checkpoint (ours, either form, or yolov5's), .onnx, OpenVINO IR or "
+        "an edge export (.tflite, .pte, ...)",
+        required=True,
+    )
     source: str | Path = option("data/images", "image, folder, glob, .txt list or video")
     img_size: int | list[int] | None = option(
         None, "h [w] (default: the size the model was trained or exported at, else 640)",

@@ -17,7 +17,8 @@ dependencies = ["torch", "torchvision", "cv2", "numpy", "yaml", "PIL"]
 
 
 def custom(path: str, device: str = ""):
-    """A Detector over the weights at ``path`` (.pt either form, or .onnx) on ``device`` (cpu, 0, ...)."""
+    """A Detector over the weights at ``path`` (.pt either form, .onnx, an OpenVINO IR or an edge export of
+    convert.py: .torchscript, *_ncnn_model/, .tflite, .pte, .mnn) on ``device`` (cpu, 0, ...)."""
     from utils.deploy.detector import Detector
 
     return Detector(path, device)

@@ -60,8 +60,12 @@ def default_img_size(
 class ValOptions:
     """What val.py's flags set (utils.cli.option), and what only Python callers set."""
 
-    weights: str | Path = option("", "checkpoint .pt (ours, either form, or yolov5's), .onnx or OpenVINO IR",
-                                 required=True)  # fmt: skip
+    weights: str | Path = option(
+        "",
+        "checkpoint .pt (ours, either form, or yolov5's), .onnx, OpenVINO IR or "
+        "an edge export (.tflite, .pte, ...)",
+        required=True,
+    )
     data: str | Path | None = option(None, "dataset YAML (default: the bundled synthetic dataset)")
     img_size: int | None = option(
         None, "inference size in pixels (default 640, or the bundled dataset's size without --data)",

@@ -201,6 +201,13 @@ def hide_module(monkeypatch, hidden: str) -> None:
     )
 
 
+def test_mnn_converts_without_its_script_that_sends_usage_logs_and_pip_installs(exported):
+    import sys
+
+    skip_unless_installed("mnn")
+    assert "MNN.tools.mnnconvert" not in sys.modules and "aliyun" not in sys.modules
+
+
 def test_a_missing_converter_is_one_sentence_naming_the_package_and_the_requirements_file(
     weights, monkeypatch
 ):

@@ -1,10 +1,11 @@
 """One loader for every kind of weights that val.py and detect.py accept.
 
 ``load_inference_model(weights)`` takes a training-form or fused PyTorch checkpoint (.pt), an ONNX
-export (.onnx, FP32 or INT8, run with onnxruntime) or an OpenVINO IR (a ``*_openvino_model/`` folder or
-its .xml, FP32 or INT8) and returns an ``InferenceModel`` (utils.inference): call it on a float
-tensor (B, 3, H, W), RGB, 0..1, and get the decoded predictions (B, N, 5 + nc) as a torch tensor
-(cx, cy, w, h in input pixels, objectness, class scores), whatever ran underneath.
+export (.onnx, FP32 or INT8, run with onnxruntime), an OpenVINO IR (a ``*_openvino_model/`` folder or
+its .xml, FP32 or INT8) or an edge export (utils.deploy.edge_runtimes) and returns an
+``InferenceModel`` (utils.inference): call it on a float tensor (B, 3, H, W), RGB, 0..1, and get the
+decoded predictions (B, N, 5 + nc) as a torch tensor (cx, cy, w, h in input pixels, objectness, class
+scores), whatever ran underneath.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ def openvino_xml(path: Path) -> Path:
 def load_inference_model(
     weights: str | Path, device: str | torch.device = "cpu", threads: int = 0, half: bool = False
 ) -> InferenceModel:
-    """Load a .pt checkpoint (training form or fused), an .onnx export or an OpenVINO IR (its folder or
-    .xml) for inference.
+    """Load a .pt checkpoint (training form or fused), an .onnx export, an OpenVINO IR (its folder or .xml)
+    or an edge export of convert.py (.torchscript, *_ncnn_model/, .tflite, .pte, .mnn, .mlpackage: see
+    utils.deploy.edge_runtimes) for inference.
 
     threads: intra-op threads of onnxruntime / OpenVINO (0: their default); PyTorch uses its global setting.
     half: yolov5's --half: PyTorch weights in float16 on CUDA or bfloat16 on a CPU that computes it

@@ -160,8 +160,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
 
 @contextlib.contextmanager
 def quiet_native_output():
-    """Silence what converters print on file descriptors 1 and 2 (progress bars, pass lists) unless
-    debugging; their failures still reach us as exceptions."""
+    """Silence what converters print on file descriptors 1 and 2 (progress bars, pass lists, native
+    logs) unless debugging; their failures still reach us as exceptions."""
     if LOGGER.isEnabledFor(logging.DEBUG):
         yield
         return
@@ -183,17 +183,27 @@ def quiet_native_output():
                 os.close(fd)
 
 
-def import_coremltools():
-    """coremltools, without its import-time warnings about the scikit-learn and torch versions it was
-    tested with and the native libraries it has only on macOS (it converts and reads specs without)."""
-    coreml_logger = logging.getLogger("coremltools")
-    level = coreml_logger.level
-    coreml_logger.setLevel(logging.ERROR)
+def import_quietly(module: str, *loggers: str):
+    """Import ``module`` with the warnings its import logs on ``loggers`` held back: coremltools' about the
+    scikit-learn and torch versions it was tested with and the native libraries it has only on macOS (it
+    converts and reads specs without them), torch's about an Enum that torchao registers (ExecuTorch)."""
+    held = [logging.getLogger(name) for name in loggers]
+    levels = [logger.level for logger in held]
+    for logger in held:
+        logger.setLevel(logging.ERROR)
     try:
-        import coremltools
+        return importlib.import_module(module)
     finally:
-        coreml_logger.setLevel(level)
-    return coremltools
+        for logger, level in zip(held, levels):
+            logger.setLevel(level)
+
+
+def import_coremltools():
+    return import_quietly("coremltools", "coremltools")
+
+
+def import_executorch_runtime():
+    return import_quietly("executorch.runtime", "torch.utils._pytree")
 
 
 def traced(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -260,8 +270,7 @@ def write_mnn(inputs: EdgeInputs, base: Path) -> list[Written]:
     network and pip-installs a logging SDK) from the ONNX export; the metadata rides in the bizCode."""
     import json
 
-    import _tools as mnn_tools  # MNN's compiled converter module
-    import MNN  # noqa: F401  (loads the converter's shared libraries)
+    import _tools as mnn_tools  # MNN's compiled converter (the MNN package installs it top-level)
 
     path = MNN_FORMAT.path(base)
     if inputs.onnx_path is None:
@@ -271,8 +280,7 @@ def write_mnn(inputs: EdgeInputs, base: Path) -> list[Written]:
         biz_code = json.dumps(inputs.metadata, separators=(",", ":"))
         arguments = ["mnnconvert", "-f", "ONNX", "--modelFile", str(inputs.onnx_path),
                      "--MNNModel", str(staged), "--bizCode", biz_code]  # fmt: skip
-        with quiet_native_output():
-            mnn_tools.mnnconvert(arguments)
+        mnn_tools.mnnconvert(arguments)
         if not staged.is_file():
             raise ConversionError(f"MNN's converter wrote no model from {inputs.onnx_path}; report it.")
         staged.replace(path)
@@ -285,15 +293,14 @@ def write_coreml(inputs: EdgeInputs, base: Path) -> list[Written]:
 
     ct = import_coremltools()
     path = COREML_FORMAT.path(base)
-    with quiet_native_output():
-        mlmodel = ct.convert(
-            traced(inputs.model, inputs.example),
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(inputs.example.shape))],
-            outputs=[ct.TensorType(name=OUTPUT_NAME)],
-            convert_to="mlprogram",
-            compute_precision=ct.precision.FLOAT32,
-            minimum_deployment_target=ct.target.iOS15,
-        )
+    mlmodel = ct.convert(
+        traced(inputs.model, inputs.example),
+        inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(inputs.example.shape))],
+        outputs=[ct.TensorType(name=OUTPUT_NAME)],
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT32,
+        minimum_deployment_target=ct.target.iOS15,
+    )
     for key, value in inputs.metadata.items():
         mlmodel.user_defined_metadata[key] = value if isinstance(value, str) else json.dumps(value)
     with staged_folder(path) as stage:
@@ -312,8 +319,7 @@ def write_tflite(inputs: EdgeInputs, base: Path) -> list[Written]:
 
     written = []
     fp32 = TFLITE_FORMAT.path(base)
-    with quiet_native_output():
-        edge_model = litert_torch.convert(inputs.model.eval(), (inputs.example,))
+    edge_model = litert_torch.convert(inputs.model.eval(), (inputs.example,))
     write_bytes_atomic(fp32, edge_model.model_content())
     written.append(Written(fp32, "float32"))
     fp16 = TFLITE_FORMAT.path(base, TFLITE_FORMAT.extra_suffixes[0])
@@ -326,10 +332,9 @@ def write_tflite(inputs: EdgeInputs, base: Path) -> list[Written]:
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         # the first layer stays float: LiteRT's converter would make the graph's input itself INT8
         composite = quantized_trunk(inputs, quantizer, float_layers=("0",), fold_quantize=False)
-        with quiet_native_output():
-            edge_int8 = litert_torch.convert(
-                composite, (inputs.example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
-            )
+        edge_int8 = litert_torch.convert(
+            composite, (inputs.example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+        )
         int8 = TFLITE_FORMAT.path(base, TFLITE_FORMAT.int8_suffix)
         write_bytes_atomic(int8, edge_int8.model_content())
         written.append(Written(int8, "int8"))
@@ -349,8 +354,7 @@ def tflite_float16(fp32: Path) -> bytes:
         regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
         algorithm_key=AlgorithmName.FLOAT_CASTING,
     )  # fmt: skip
-    with quiet_native_output():
-        return bytes(casting.quantize().quantized_model)
+    return bytes(casting.quantize().quantized_model)
 
 
 def write_executorch(inputs: EdgeInputs, base: Path) -> list[Written]:
@@ -377,7 +381,7 @@ def executorch_program(model: nn.Module, example: torch.Tensor) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with torch.no_grad(), quiet_native_output():
+    with torch.no_grad():
         exported = torch.export.export(model.eval(), (example,))
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     return program.buffer

@@ -165,10 +165,11 @@ class ExecuTorchInferenceModel(ArrayInferenceModel):
             header = file.read(8)
         if header[4:6] != b"ET":  # the runtime aborts the process on a foreign file; check first
             raise corrupt(path, edge_format)
-        from executorch.runtime import Runtime
+        from utils.deploy.edge import import_executorch_runtime
 
         try:
-            self.method = Runtime.get().load_program(str(path)).load_method("forward")
+            runtime = import_executorch_runtime().Runtime.get()
+            self.method = runtime.load_program(str(path)).load_method("forward")
         except Exception as error:
             LOGGER.debug("ExecuTorch could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None

@@ -216,7 +216,7 @@ def write_edge(
     beside ``base`` (the fused checkpoint without its suffix) and check each against ``model`` on
     ``images``: FP32 within MAX_ONNX_RELATIVE_ERROR, FP16 within MAX_FLOAT16_RELATIVE_ERROR, INT8 by its
     mAP50-95 when ``plan`` has a max_drop (against the FP32 ONNX graph ``onnx_path``)."""
-    from utils.deploy.edge import WRITERS
+    from utils.deploy.edge import EDGE_FORMATS, WRITERS, quiet_native_output
 
     inputs = edge_inputs(model, images, onnx_path, plan)
     result = EdgeResult()
@@ -225,8 +225,10 @@ def write_edge(
         target = accuracy_target(onnx_path, plan.validation, int(images.shape[-1]), plan.max_drop)
         reference = target.score(load_inference_model(onnx_path), target.batches)
     for flag in flags:
-        LOGGER.info("Writing %s ...", flag)
-        for written in WRITERS[flag](inputs, base):
+        LOGGER.info("Writing %s ...", EDGE_FORMATS[flag].title)
+        with quiet_native_output():
+            artefacts = WRITERS[flag](inputs, base)
+        for written in artefacts:
             if flag == "coreml":
                 result.checks.append(check_coreml_spec(model, written.path))
                 continue
