@@ -173,7 +173,9 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
         report.update(export(model, onnx_path, images, options, plan))
     if options.edge_formats:
         onnx_written = onnx_path if options.exports_onnx else None
-        edge = write_edge(model, onnx_path.with_suffix(""), images, options.edge_formats, onnx_written, plan)
+        kept = report.get("bounded", {}).get("onnx", {}).get("kept_float", [])  # --max-drop's search
+        base = onnx_path.with_suffix("")
+        edge = write_edge(model, base, images, options.edge_formats, onnx_written, plan, kept)
         print(edge.describe())
         report["edge"] = {check.path: dataclasses.asdict(check) for check in edge.checks}
         report["bounded"] = report.get("bounded", {}) | {

@@ -235,3 +235,36 @@ def test_a_missing_runtime_is_one_sentence_naming_the_requirements_file(exported
     )
     with pytest.raises(WeightsError, match=r"running .*\.mnn needs MNN, which is not installed"):
         load_inference_model(path)
+
+
+def test_pt2e_int8_keeps_float_the_convolutions_named_by_their_onnx_nodes(exported):
+    """--max-drop: the convolutions ONNX Runtime's search kept float (ONNX node names) stay float in the
+    PT2E INT8 of LiteRT and ExecuTorch: each name resolves to a conv of the model, and keeping one float
+    leaves one convolution of the quantized trunk reading a float weight."""
+    import onnx
+
+    from utils.deploy.edge import EdgeInputs, module_of_onnx_node, quantized_trunk
+
+    skip_unless_installed("executorch")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    fused, stem = exported[0], exported[1]
+    convs = [
+        node.name for node in onnx.load(str(stem.with_suffix(".onnx"))).graph.node if node.op_type == "Conv"
+    ]
+    paths = [module_of_onnx_node(name) for name in convs]
+    assert all(isinstance(fused.get_submodule(path), torch.nn.Conv2d) for path in paths)
+
+    def float_weight_convs(kept: tuple[str, ...]) -> int:
+        torch.manual_seed(0)
+        inputs = EdgeInputs(
+            fused, torch.rand(1, 3, 64, 64), {}, lambda: [torch.rand(1, 3, 64, 64)], None, kept
+        )
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        trunk = quantized_trunk(inputs, quantizer).trunk
+        return sum("conv" in str(node.target) and node.args[1].op == "get_attr" for node in trunk.graph.nodes)
+
+    assert float_weight_convs((paths[1],)) == float_weight_convs(()) + 1

@@ -47,7 +47,7 @@ from utils.deploy.metadata import (
     write_folder_metadata,
 )
 from utils.errors import ConversionError
-from utils.paths import atomic_open
+from utils.paths import UMASK, atomic_open
 
 LOGGER = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class EdgeInputs:
     metadata: dict
     calibration: Callable[[], Iterable[torch.Tensor]] | None = None
     onnx_path: Path | None = None
-    float_modules: tuple[str, ...] = ()  # indices of the layers INT8 keeps float
+    float_modules: tuple[str, ...] = ()  # modules INT8 keeps float, e.g. "model.4.conv" (module_of_onnx_node)
 
 
 # --- writing files whole or not at all ------------------------------------------------------------------
@@ -138,6 +138,7 @@ def staged_folder(final: Path):
     export) in a rename, so a killed export never leaves a half-written artefact under the final name."""
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(stage, 0o777 & ~UMASK)  # a folder's usual permissions, not mkdtemp's 0700
     try:
         yield stage
         if final.exists():
@@ -331,7 +332,7 @@ def write_tflite(inputs: EdgeInputs, base: Path) -> list[Written]:
 
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         # the first layer stays float: LiteRT's converter would make the graph's input itself INT8
-        composite = quantized_trunk(inputs, quantizer, float_layers=("0",), fold_quantize=False)
+        composite = quantized_trunk(inputs, quantizer, float_modules=("model.0",), fold_quantize=False)
         edge_int8 = litert_torch.convert(
             composite, (inputs.example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
         )
@@ -430,18 +431,18 @@ class QuantizedDetector(nn.Module):
 
 
 def quantized_trunk(
-    inputs: EdgeInputs, quantizer, float_layers: tuple[str, ...] = (), fold_quantize: bool = True
+    inputs: EdgeInputs, quantizer, float_modules: tuple[str, ...] = (), fold_quantize: bool = True
 ) -> QuantizedDetector:
     """Quantize the trunk of ``inputs.model`` with a PT2E ``quantizer`` (static, per-channel weights),
-    activation ranges observed on the calibration images; the layers (their indices in the model YAML,
-    e.g. "0") in ``float_layers`` and ``inputs.float_modules`` stay float. fold_quantize: weights stored
+    activation ranges observed on the calibration images; the modules in ``float_modules`` and
+    ``inputs.float_modules`` (paths in the model, e.g. "model.0") stay float. fold_quantize: weights stored
     as int8 (ExecuTorch's lowering wants that) or as float with their quantize op (LiteRT's)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     model = inputs.model.eval()
     with torch.no_grad():
         graph = torch.export.export(Trunk(model), (inputs.example,)).module()
-        keep = tuple(f"model.model.{index}" for index in (*float_layers, *inputs.float_modules))
+        keep = tuple(f"model.{path}" for path in (*float_modules, *inputs.float_modules))  # under Trunk
         prepared = prepare_pt2e(graph, keeping_float(quantizer, keep))
         images = 0
         for image in inputs.calibration():
@@ -451,6 +452,19 @@ def quantized_trunk(
             raise ConversionError("INT8 calibration read none of its images; pass others with --calib-data.")
         trunk = convert_pt2e(prepared, fold_quantize=fold_quantize)
     return QuantizedDetector(trunk, model.detect)
+
+
+def module_of_onnx_node(name: str) -> str:
+    """The module path of a node of our ONNX export: "/model.2/bottlenecks/bottlenecks.0/reduce/conv/Conv"
+    -> "model.2.bottlenecks.0.reduce.conv" (the exporter names a container's child by its qualified name
+    within the container, after the container itself)."""
+    parts: list[str] = []
+    for scope in name.strip("/").split("/")[:-1]:
+        if parts and scope.startswith(f"{parts[-1]}."):
+            parts[-1] = scope
+        else:
+            parts.append(scope)
+    return ".".join(parts)
 
 
 def keeping_float(quantizer, modules: tuple[str, ...]):

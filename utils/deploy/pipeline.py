@@ -189,10 +189,17 @@ class EdgeResult:
         return "\n".join(lines + [INT8_NOTE] * self.int8)
 
 
-def edge_inputs(model: nn.Module, images: torch.Tensor, onnx_path: Path | None, plan: Int8Plan | None):
+def edge_inputs(
+    model: nn.Module,
+    images: torch.Tensor,
+    onnx_path: Path | None,
+    plan: Int8Plan | None,
+    kept: list[str] = (),
+):
     """What the edge writers get (utils.deploy.edge.EdgeInputs): the fused model on the CPU, one image as
-    the example input, the metadata the ONNX graph carries, and with ``plan`` its calibration images."""
-    from utils.deploy.edge import EdgeInputs
+    the example input, the metadata the ONNX graph carries, with ``plan`` its calibration images, and the
+    convolutions ``kept`` float (ONNX node names: what ONNX Runtime's --max-drop search kept float)."""
+    from utils.deploy.edge import EdgeInputs, module_of_onnx_node
     from utils.deploy.quantize import calibration_batches
 
     model = model.float().cpu().eval()
@@ -206,19 +213,27 @@ def edge_inputs(model: nn.Module, images: torch.Tensor, onnx_path: Path | None, 
         def calibration():
             return (torch.from_numpy(batch) for batch in calibration_batches(files, img_hw[-1]))
 
-    return EdgeInputs(model, example, metadata, calibration, onnx_path)
+    float_modules = tuple(module_of_onnx_node(name) for name in kept)
+    return EdgeInputs(model, example, metadata, calibration, onnx_path, float_modules)
 
 
 def write_edge(
-    model: nn.Module, base: Path, images: torch.Tensor, flags: list[str], onnx_path: Path | None, plan
+    model: nn.Module,
+    base: Path,
+    images: torch.Tensor,
+    flags: list[str],
+    onnx_path: Path | None,
+    plan,
+    kept=(),
 ) -> EdgeResult:
     """Write the edge formats ``flags`` (keys of utils.deploy.edge.EDGE_FORMATS) of the fused ``model``
     beside ``base`` (the fused checkpoint without its suffix) and check each against ``model`` on
     ``images``: FP32 within MAX_ONNX_RELATIVE_ERROR, FP16 within MAX_FLOAT16_RELATIVE_ERROR, INT8 by its
-    mAP50-95 when ``plan`` has a max_drop (against the FP32 ONNX graph ``onnx_path``)."""
+    mAP50-95 when ``plan`` has a max_drop (against the FP32 ONNX graph ``onnx_path``), with the
+    convolutions ``kept`` float that ONNX Runtime's search kept float (their ONNX node names)."""
     from utils.deploy.edge import EDGE_FORMATS, WRITERS, quiet_native_output
 
-    inputs = edge_inputs(model, images, onnx_path, plan)
+    inputs = edge_inputs(model, images, onnx_path, plan, list(kept))
     result = EdgeResult()
     target = None
     if plan is not None and plan.validation is not None:
@@ -243,15 +258,16 @@ def write_edge(
 
 def bounded_edge_int8(path: Path, target: AccuracyTarget, reference: float) -> BoundedResult:
     """The INT8 artefact's mAP50-95 on the target's batches against the FP32 ONNX graph's (``reference``);
-    ConversionError when the drop is over the bound (the layer search is ONNX Runtime's and OpenVINO's)."""
+    ConversionError when the drop is over the bound (the layer search is ONNX Runtime's: its choice of float
+    convolutions is applied here, not searched again)."""
     score = target.score(load_inference_model(path), target.batches)
     result = BoundedResult(f"{path.name} (against the FP32 ONNX graph)", target.max_drop, reference, score)
     if result.drop > target.max_drop:
         raise ConversionError(
             f"{path} scores mAP50-95 {score:.2f}, {result.drop:.2f} points under the FP32 ONNX graph's "
-            f"{reference:.2f} at the same input, over --max-drop {target.max_drop:g}; deploy its float "
-            "artefact, or the ONNX Runtime or OpenVINO INT8 model, whose search keeps layers float until "
-            "the bound holds."
+            f"{reference:.2f} at the same input, over --max-drop {target.max_drop:g} with the convolutions "
+            "ONNX Runtime's search kept float also float here; deploy its float artefact or the ONNX "
+            "Runtime or OpenVINO INT8 model."
         )
     return result
 
