@@ -7,7 +7,10 @@ requirements file. A format whose packages are not installed (requirements-edge.
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,14 +68,27 @@ def skip_unless_installed(flag: str) -> None:
         pytest.skip(f"--{flag} needs {', '.join(EDGE_FORMATS[flag].missing())} (requirements-edge.txt)")
 
 
+CONVERT_IN_A_SUBPROCESS = """
+import json, sys
+import torch
+import convert
+torch.set_num_threads(2)
+flags = {flag: True for flag in sys.argv[3:]}
+report = convert.run(sys.argv[1], img_size=64, runs=1, onnx=True, int8=True, **flags)
+with open(sys.argv[2], "w") as file:
+    json.dump(report, file, default=str)
+"""
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(fused model, artefact stem path, data yaml, convert report): the tiny checkpoint fused and written
-    in every installed edge format (and ONNX, which MNN converts from) at 64 px, with --int8."""
-    import convert
+    in every installed edge format (and ONNX, which MNN converts from) at 64 px, with --int8. convert.py
+    runs in its own process: litert-torch brings JAX, whose threads make a later fork (the data loader's
+    workers, other tests' subprocesses) liable to deadlock in this one."""
     from utils.checkpoint import load_model
+    from utils.paths import ROOT
 
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("edge")
     data_yaml, _ = make_tiny_dataset(root)
     data = load_data_config(data_yaml)
@@ -80,10 +96,13 @@ def exported(tmp_path_factory):
     checkpoint = write_tiny_checkpoint(
         root / "best.pt", data=data, names=data["names"], cfg=str(root / "every-layer-once.yaml")
     )
-    flags = {flag: True for flag in FLAGS if installed(flag)}
-    report = convert.run(checkpoint, img_size=64, runs=1, onnx=True, int8=True, **flags)
+    flags = [flag for flag in FLAGS if installed(flag)]
+    report_file = root / "report.json"
+    command = [sys.executable, "-c", CONVERT_IN_A_SUBPROCESS, str(checkpoint), str(report_file), *flags]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-3000:]
     fused, _ = load_model(root / "best_fused.pt")
-    return fused.eval(), root / "best_fused", data_yaml, report
+    return fused.eval(), root / "best_fused", data_yaml, json.loads(report_file.read_text())
 
 
 def artefact(exported, suffix: str) -> Path:
@@ -201,10 +220,15 @@ def hide_module(monkeypatch, hidden: str) -> None:
     )
 
 
-def test_mnn_converts_without_its_script_that_sends_usage_logs_and_pip_installs(exported):
-    import sys
+def test_mnn_converts_without_its_script_that_sends_usage_logs_and_pip_installs(exported, tmp_path):
+    from utils.deploy.edge import EDGE_FORMATS, write_mnn
+    from utils.deploy.pipeline import edge_inputs
 
     skip_unless_installed("mnn")
+    fused, stem = exported[0], exported[1]
+    inputs = edge_inputs(fused, torch.rand(1, 3, 64, 64), stem.with_suffix(".onnx"), None)
+    write_mnn(inputs, tmp_path / "model")
+    assert EDGE_FORMATS["mnn"].path(tmp_path / "model").is_file()
     assert "MNN.tools.mnnconvert" not in sys.modules and "aliyun" not in sys.modules
 
 
@@ -265,6 +289,8 @@ def test_pt2e_int8_keeps_float_the_convolutions_named_by_their_onnx_nodes(export
         )
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         trunk = quantized_trunk(inputs, quantizer).trunk
-        return sum("conv" in str(node.target) and node.args[1].op == "get_attr" for node in trunk.graph.nodes)
+        convs = [node for node in trunk.graph.nodes if node.target == torch.ops.aten.conv2d.default]
+        assert convs, "the quantized trunk computes its convolutions"
+        return sum(node.args[1].op == "get_attr" for node in convs)
 
     assert float_weight_convs((paths[1],)) == float_weight_convs(()) + 1
