@@ -43,6 +43,12 @@ def static_shape(path: Path, metadata: dict | None, edge_format: EdgeFormat) -> 
     return [1, 3, *metadata["img_size"]]
 
 
+def flatbuffer_identifier(path: Path) -> bytes:
+    """The file identifier of a flatbuffer file, bytes 4 to 8: b"TFL3" for LiteRT, b"ET12" for ExecuTorch."""
+    with open(path, "rb") as file:
+        return file.read(8)[4:]
+
+
 def require_runtime(path: Path, edge_format: EdgeFormat) -> None:
     missing = edge_format.missing()
     if missing:
@@ -130,9 +136,7 @@ class TFLiteInferenceModel(ArrayInferenceModel):
         require_runtime(path, edge_format)
         from ai_edge_litert.interpreter import Interpreter
 
-        with open(path, "rb") as file:
-            header = file.read(8)
-        if header[4:8] != b"TFL3":
+        if flatbuffer_identifier(path) != b"TFL3":
             raise corrupt(path, edge_format)
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
@@ -161,10 +165,8 @@ class ExecuTorchInferenceModel(ArrayInferenceModel):
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         edge_format = EDGE_FORMATS["executorch"]
         require_runtime(path, edge_format)
-        with open(path, "rb") as file:
-            header = file.read(8)
-        if header[4:6] != b"ET":  # the runtime aborts the process on a foreign file; check first
-            raise corrupt(path, edge_format)
+        if not flatbuffer_identifier(path).startswith(b"ET"):  # its runtime aborts the process on a foreign
+            raise corrupt(path, edge_format)  # file rather than raise: check first
         from utils.deploy.edge import import_executorch_runtime
 
         try:
