@@ -132,14 +132,22 @@ def test_each_artefact_is_written_checked_and_runs_close_to_pytorch(exported, su
     assert float((output - reference).abs().max() / reference.abs().max()) <= LIMITS[precision]
 
 
+@pytest.fixture(scope="module")
+def onnx_score(exported) -> dict:
+    """val.py's metrics of the FP32 ONNX graph: every artefact's reference at the same input."""
+    import val
+
+    _, stem, data_yaml, _ = exported
+    return val.run(data=str(data_yaml), weights=str(stem.with_suffix(".onnx")), img_size=64, workers=0)
+
+
 @pytest.mark.parametrize("suffix", RUNNABLE)
-def test_val_scores_each_artefact_as_the_onnx_graph_at_the_same_input(exported, suffix):
+def test_val_scores_each_artefact_as_the_onnx_graph_at_the_same_input(exported, onnx_score, suffix):
     import val
 
     path = artefact(exported, suffix)
-    _, stem, data_yaml, _ = exported
-    reference = val.run(data=str(data_yaml), weights=str(stem.with_suffix(".onnx")), img_size=64, workers=0)
-    scored = val.run(data=str(data_yaml), weights=str(path), img_size=64, workers=0)
+    reference = onnx_score
+    scored = val.run(data=str(exported[2]), weights=str(path), img_size=64, workers=0)
     tolerance = 0.02 if ARTEFACTS[suffix][1] == "int8" else 0.002  # mAP50-95 as a fraction, untrained
     assert abs(scored["mAP50_95"] - reference["mAP50_95"]) <= tolerance
 
