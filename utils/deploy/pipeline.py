@@ -252,16 +252,18 @@ def write_edge(
             result.checks.append(compare_with_model(model, written.path, images, limit))
             result.int8 |= written.precision == "int8"
             if written.precision == "int8" and target is not None:
-                result.bounded[str(written.path)] = bounded_edge_int8(written.path, target, reference)
+                bounded = bounded_edge_int8(written.path, target, reference, list(kept))
+                result.bounded[str(written.path)] = bounded
     return result
 
 
-def bounded_edge_int8(path: Path, target: AccuracyTarget, reference: float) -> BoundedResult:
+def bounded_edge_int8(path: Path, target: AccuracyTarget, reference: float, kept: list[str]) -> BoundedResult:
     """The INT8 artefact's mAP50-95 on the target's batches against the FP32 ONNX graph's (``reference``);
     ConversionError when the drop is over the bound (the layer search is ONNX Runtime's: its choice of float
     convolutions is applied here, not searched again)."""
     score = target.score(load_inference_model(path), target.batches)
-    result = BoundedResult(f"{path.name} (against the FP32 ONNX graph)", target.max_drop, reference, score)
+    label = f"{path.name} (against the FP32 ONNX graph)"
+    result = BoundedResult(label, target.max_drop, reference, score, kept)
     if result.drop > target.max_drop:
         raise ConversionError(
             f"{path} scores mAP50-95 {score:.2f}, {result.drop:.2f} points under the FP32 ONNX graph's "
