@@ -150,7 +150,9 @@ def accuracy_target(onnx_path: Path, data_config: dict, img_size: int, max_drop:
 
 # --- the edge formats (utils.deploy.edge) -------------------------------------------------------------
 
-MAX_FLOAT16_RELATIVE_ERROR = 1e-3  # float16 weights: a rounding of each weight to 11 significant bits
+# float16 weights round each weight to 11 significant bits, which moves the outputs by up to 2e-3 of the
+# largest one on our models (the plain ReLU repyolov5s at 320); a broken conversion is far above this
+MAX_FLOAT16_RELATIVE_ERROR = 1e-2
 
 
 @dataclass
