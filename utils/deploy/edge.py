@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ from utils.deploy.metadata import (
     NCNN_PARAM,
     NCNN_WEIGHTS,
     OUTPUT_NAME,
-    append_zip_metadata,
+    with_zip_metadata,
     write_folder_metadata,
 )
 from utils.errors import ConversionError
@@ -233,8 +234,6 @@ def write_torchscript(inputs: EdgeInputs, base: Path) -> list[Written]:
 
 
 def metadata_files(metadata: dict) -> dict[str, str]:
-    import json
-
     return {"config.txt": json.dumps(metadata)}
 
 
@@ -269,8 +268,6 @@ def write_ncnn(inputs: EdgeInputs, base: Path) -> list[Written]:
 def write_mnn(inputs: EdgeInputs, base: Path) -> list[Written]:
     """MNN's converter (its C++ entry point: the mnnconvert script also sends usage logs over the
     network and pip-installs a logging SDK) from the ONNX export; the metadata rides in the bizCode."""
-    import json
-
     import _tools as mnn_tools  # MNN's compiled converter (the MNN package installs it top-level)
 
     path = MNN_FORMAT.path(base)
@@ -290,8 +287,6 @@ def write_mnn(inputs: EdgeInputs, base: Path) -> list[Written]:
 
 def write_coreml(inputs: EdgeInputs, base: Path) -> list[Written]:
     """An FP32 ML Program from the traced model, the metadata in its user-defined metadata."""
-    import json
-
     ct = import_coremltools()
     path = COREML_FORMAT.path(base)
     mlmodel = ct.convert(
@@ -314,18 +309,12 @@ def write_coreml(inputs: EdgeInputs, base: Path) -> list[Written]:
 
 
 def write_tflite(inputs: EdgeInputs, base: Path) -> list[Written]:
-    """LiteRT FP32 (litert-torch), FP16 weights (ai-edge-quantizer's float casting of the FP32 file) and
+    """LiteRT FP32 (litert-torch), FP16 weights (ai-edge-quantizer's float casting of the FP32 model) and
     with calibration INT8 (PT2E, see quantized_trunk); each with the metadata appended as a zip."""
     import litert_torch
 
-    written = []
-    fp32 = TFLITE_FORMAT.path(base)
-    edge_model = litert_torch.convert(inputs.model.eval(), (inputs.example,))
-    write_bytes_atomic(fp32, edge_model.model_content())
-    written.append(Written(fp32, "float32"))
-    fp16 = TFLITE_FORMAT.path(base, TFLITE_FORMAT.extra_suffixes[0])
-    write_bytes_atomic(fp16, tflite_float16(fp32))
-    written.append(Written(fp16, "float16"))
+    fp32 = litert_torch.convert(inputs.model.eval(), (inputs.example,)).model_content()
+    contents = {"float32": fp32, "float16": tflite_float16(fp32)}
     if inputs.calibration is not None:
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
         from litert_torch.quantize.quant_config import QuantConfig
@@ -333,24 +322,32 @@ def write_tflite(inputs: EdgeInputs, base: Path) -> list[Written]:
         quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         # the first layer stays float: LiteRT's converter would make the graph's input itself INT8
         composite = quantized_trunk(inputs, quantizer, float_modules=("model.0",), fold_quantize=False)
-        edge_int8 = litert_torch.convert(
-            composite, (inputs.example,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
-        )
-        int8 = TFLITE_FORMAT.path(base, TFLITE_FORMAT.int8_suffix)
-        write_bytes_atomic(int8, edge_int8.model_content())
-        written.append(Written(int8, "int8"))
-    for artefact in written:
-        append_zip_metadata(artefact.path, inputs.metadata | {"precision": artefact.precision})
-    return written
+        quant_config = QuantConfig(pt2e_quantizer=quantizer)
+        contents["int8"] = litert_torch.convert(
+            composite, (inputs.example,), quant_config=quant_config
+        ).model_content()
+    suffixes = {
+        "float32": None,
+        "float16": TFLITE_FORMAT.extra_suffixes[0],
+        "int8": TFLITE_FORMAT.int8_suffix,
+    }
+    return [write_with_metadata(TFLITE_FORMAT.path(base, suffixes[precision]), content, precision, inputs)
+            for precision, content in contents.items()]  # fmt: skip
 
 
-def tflite_float16(fp32: Path) -> bytes:
+def write_with_metadata(path: Path, content: bytes, precision: str, inputs: EdgeInputs) -> Written:
+    """A .tflite or .pte file written whole: the model, then its metadata (and precision) as a zip."""
+    write_bytes_atomic(path, with_zip_metadata(content, inputs.metadata | {"precision": precision}))
+    return Written(path, precision)
+
+
+def tflite_float16(fp32: bytes) -> bytes:
     """The FP32 LiteRT model with float16 weights (dequantized to float32 when loaded, as TFLite's
     float16 quantization)."""
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    casting = quantizer.Quantizer(str(fp32))
+    casting = quantizer.Quantizer(bytearray(fp32))
     casting.add_weight_only_config(
         regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=16,
         algorithm_key=AlgorithmName.FLOAT_CASTING,
@@ -366,15 +363,13 @@ def write_executorch(inputs: EdgeInputs, base: Path) -> list[Written]:
         get_symmetric_quantization_config,
     )
 
-    written = [Written(EXECUTORCH_FORMAT.path(base), "float32")]
-    write_bytes_atomic(written[0].path, executorch_program(inputs.model, inputs.example))
+    fp32 = executorch_program(inputs.model, inputs.example)
+    written = [write_with_metadata(EXECUTORCH_FORMAT.path(base), fp32, "float32", inputs)]
     if inputs.calibration is not None:
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        composite = quantized_trunk(inputs, quantizer)
-        written.append(Written(EXECUTORCH_FORMAT.path(base, EXECUTORCH_FORMAT.int8_suffix), "int8"))
-        write_bytes_atomic(written[-1].path, executorch_program(composite, inputs.example))
-    for artefact in written:
-        append_zip_metadata(artefact.path, inputs.metadata | {"precision": artefact.precision})
+        int8 = executorch_program(quantized_trunk(inputs, quantizer), inputs.example)
+        path = EXECUTORCH_FORMAT.path(base, EXECUTORCH_FORMAT.int8_suffix)
+        written.append(write_with_metadata(path, int8, "int8", inputs))
     return written
 
 

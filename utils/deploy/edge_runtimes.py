@@ -75,7 +75,6 @@ class TorchScriptInferenceModel(ArrayInferenceModel):
             raise corrupt(path, EDGE_FORMATS["torchscript"]) from None
         shape = static_shape(path, metadata, EDGE_FORMATS["torchscript"])
         super().__init__(path, metadata, device, shape)
-        self.threads = threads
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -145,7 +144,7 @@ class TFLiteInferenceModel(ArrayInferenceModel):
             LOGGER.debug("LiteRT could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None
         metadata = read_zip_metadata(path)
-        super().__init__(path, metadata or {}, device, static_shape(path, metadata, edge_format))
+        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.int8 = metadata.get("precision") == "int8"
@@ -176,7 +175,7 @@ class ExecuTorchInferenceModel(ArrayInferenceModel):
             LOGGER.debug("ExecuTorch could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None
         metadata = read_zip_metadata(path)
-        super().__init__(path, metadata or {}, device, static_shape(path, metadata, edge_format))
+        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
         self.int8 = metadata.get("precision") == "int8"
 
     def run_array(self, array: np.ndarray) -> np.ndarray:

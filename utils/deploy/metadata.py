@@ -12,6 +12,7 @@ the same as ``Model`` in eval mode.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -77,14 +78,17 @@ def read_folder_metadata(folder: Path, model_file: str, flag: str) -> dict[str, 
     return load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
 
 
-def append_zip_metadata(path: Path, metadata: dict[str, Any]) -> None:
-    """Append ``metadata`` to a model file as a zip archive holding metadata.json."""
-    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED) as archive:
+def with_zip_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
+    """A model file's ``content`` with ``metadata`` appended as a zip archive holding metadata.json."""
+    buffer = io.BytesIO(content)
+    buffer.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(buffer, "a", zipfile.ZIP_STORED) as archive:
         archive.writestr(ZIP_METADATA, json.dumps(metadata))
+    return buffer.getvalue()
 
 
 def read_zip_metadata(path: Path) -> dict[str, Any] | None:
-    """The metadata appended by append_zip_metadata, or None when the file carries none."""
+    """The metadata appended by with_zip_metadata, or None when the file carries none."""
     try:
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read(ZIP_METADATA))
