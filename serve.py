@@ -43,6 +43,21 @@ class ServeOptions:
     max_megapixels: float = option(
         40.0, "largest image in megapixels, read from its header before decoding (larger: 413)"
     )
+    max_queue: int = option(
+        32, "images in flight at most, from decoding to answer (more: 503 with Retry-After); default "
+        "two full batches: one running, one waiting",
+    )  # fmt: skip
+    max_connections: int = option(512, "open connections at most (more: 503)")
+    body_timeout: float = option(30.0, "seconds a request body may take to arrive (longer: 408)")
+    graceful_timeout: float = option(
+        10.0, "seconds Ctrl-C / SIGTERM waits for requests in flight; those left are answered 503"
+    )
+    conf_floor: float = option(0.001, "lowest conf a request may ask for (lower: 422)")
+    max_det_cap: int = option(1000, "highest max_det a request may ask for (higher: 422)")
+    allowed_hosts: list[str] = option(
+        [], "Host names answered besides 127.0.0.1, localhost, ::1 and --host ('*': any), e.g. the "
+        "name a proxy forwards", nargs="+",
+    )  # fmt: skip
     img_size: int | list[int] | None = option(
         None, "h [w] (default: the size the model was trained or exported at, else 640)",
         "--img", "--img-size", nargs="+", type=int,
@@ -66,7 +81,18 @@ class ServeOptions:
         return detector
 
     def settings(self) -> ServiceSettings:
-        return ServiceSettings(self.max_batch, self.max_wait_ms, self.max_upload_mb, self.max_megapixels)
+        return ServiceSettings(
+            self.max_batch,
+            self.max_wait_ms,
+            self.max_upload_mb,
+            self.max_megapixels,
+            self.max_queue,
+            self.max_connections,
+            self.body_timeout,
+            self.graceful_timeout,
+            self.conf_floor,
+            self.max_det_cap,
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> ServeOptions:
@@ -94,7 +120,8 @@ def run(weights: str | Path | ServeOptions, **values) -> None:
             "pip install -r requirements-serve.txt."
         ) from None
     settings = options.settings()  # bad limits fail before the model loads
-    service_app = create_app(DetectionService(options.detector(), options.weights, settings))
+    service = DetectionService(options.detector(), options.weights, settings)
+    service_app = create_app(service, [options.host, *options.allowed_hosts])
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     if options.host not in LOOPBACK_HOSTS:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import warnings
 import zlib
@@ -60,8 +61,13 @@ def detector(weights) -> Detector:
 def client(detector, weights):
     """The app with limits small enough to test: 0.05 MB uploads, 0.1 megapixels (the samples are 0.04)."""
     settings = ServiceSettings(max_batch=8, max_wait_ms=2, max_upload_mb=0.05, max_megapixels=0.1)
-    with TestClient(create_app(DetectionService(detector, weights, settings))) as client:
+    with local_client(create_app(DetectionService(detector, weights, settings))) as client:
         yield client
+
+
+def local_client(app) -> TestClient:
+    """A TestClient whose requests name localhost in Host, as a browser on this machine does."""
+    return TestClient(app, base_url="http://localhost")
 
 
 def rows(answer: dict) -> list[list[float]]:
@@ -142,7 +148,7 @@ def test_annotated_is_the_image_drawn_as_detect_draws_it(client, detector):
 
 
 def test_health_model_page_and_metrics(client, detector, weights):
-    assert client.get("/health").json() == {"status": "ok", "queued": 0}
+    assert client.get("/health").json() == {"status": "ok", "queued": 0, "in_flight": 0}
     model = client.get("/model").json()
     assert model["names"] == detector.names and model["input_size"] == [SIZE, SIZE]
     assert (
@@ -151,11 +157,15 @@ def test_health_model_page_and_metrics(client, detector, weights):
     assert len(model["colors"]) == len(detector.names) and model["batching"]["max_batch"] == 8
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "default-src 'self'" in page.headers["content-security-policy"]
-    script = client.get("/page.js")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy and "<style" not in page.text and " style=" not in page.text
+    script, style = client.get("/page.js"), client.get("/page.css")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert style.status_code == 200 and "text/css" in style.headers["content-type"]
     assert '<script src="page.js">' in page.text and "fetch(`detect?" in script.text
-    assert not re.search(r"(https?:)?//[a-z]", page.text + script.text)  # nothing from another server
+    assert '<link rel="stylesheet" href="page.css">' in page.text
+    assert not re.search(r"(https?:)?//[a-z]", page.text + script.text + style.text)  # nothing from elsewhere
     client.post("/detect", content=SAMPLES[0].read_bytes())
     client.get("/no-such-page")
     text = client.get("/metrics").text
@@ -194,7 +204,7 @@ def test_an_onnx_export_is_served_and_described(tmp_path):
     path = export_onnx(fused, tmp_path / "tiny.onnx", (64, 64), dynamic=True, metadata=metadata)
     detector = Detector(path, device="cpu")
     detector.size, detector.conf = 64, CONF
-    with TestClient(create_app(DetectionService(detector, path))) as client:
+    with local_client(create_app(DetectionService(detector, path))) as client:
         model = client.get("/model").json()
         answer = client.post("/detect", content=SAMPLES[0].read_bytes()).json()
     assert (model["runtime"], model["precision"], model["weights"]) == ("onnx", "float32", path.name)
@@ -315,9 +325,11 @@ def test_batched_answers_equal_unbatched_ones(detector, weights):
         finally:
             await service.stop()
 
-    batched = asyncio.run(answers(ServiceSettings(max_batch=len(datas), max_wait_ms=10_000), together=True))
-    alone = asyncio.run(answers(ServiceSettings(max_batch=1), together=False))
-    assert [result.batch_size for result in batched] == [len(datas)] * len(datas)
+    gathered = ServiceSettings(max_batch=len(datas), max_wait_ms=10_000, max_det_cap=NO_NMS["max_det"])
+    batched = asyncio.run(answers(gathered, together=True))
+    alone = asyncio.run(answers(ServiceSettings(max_batch=1, max_det_cap=NO_NMS["max_det"]), together=False))
+    shapes = [cv2.imread(str(path)).shape for path in SAMPLES]  # one forward pass per letterbox shape
+    assert [result.batch_size for result in batched] == [shapes.count(shape) for shape in shapes]
     assert [result.batch_size for result in alone] == [1] * len(datas)
     for path, one, many in zip(SAMPLES, alone, batched):
         assert len(one.detections) > 50, path.name
@@ -366,7 +378,7 @@ def test_batcher_gathers_up_to_max_batch_and_fails_only_what_failed():
 def test_concurrent_http_requests_share_batches_on_a_live_server(detector, weights):
     """Requests sent together to a real server over loopback are answered from shared batches, each answer
     the same as alone."""
-    settings = ServiceSettings(max_batch=len(SAMPLES), max_wait_ms=500)
+    settings = ServiceSettings(max_batch=len(SAMPLES), max_wait_ms=500, max_det_cap=5000)
     app = create_app(DetectionService(detector, weights, settings))
     answers: dict[int, dict] = {}
     with BackgroundServer(app) as server:
@@ -482,3 +494,300 @@ def test_the_listening_socket_sends_answers_without_waiting_for_acks():
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         sock.close()
+
+
+# --- hostile input: every client fault a 4xx with one sentence, before any work ----------------------
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A 24-bit BMP whose header announces width x height pixels and that holds no pixel rows."""
+    row_bytes = (width * 3 + 3) // 4 * 4
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, row_bytes * height, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54 + row_bytes * height, 0, 0, 54) + info
+
+
+def hostile_requests() -> list[tuple[str, str, dict, int, str]]:
+    sample = {"content": SAMPLES[0].read_bytes()}
+    no_boundary = {**sample, "headers": {"content-type": "multipart/form-data"}}
+    return [
+        ("unicode digit class", "classes=%C2%B2", sample, 422, "classes"),
+        ("5000-digit class", "classes=" + "9" * 5000, sample, 422, "classes"),
+        ("5000-digit max_det", "max_det=" + "9" * 5000, sample, 422, "max_det"),
+        ("conf under the floor", "conf=0", sample, 422, "floor of 0.001"),
+        ("max_det over the cap", "conf=0.001&max_det=30000", sample, 422, "cap of 1000"),
+        ("70,000 x 1 BMP", "", {"content": bmp_header(70_000, 1)}, 413, "limit of 65535 pixels"),
+        ("0 x 10 PNG", "", {"content": png_header(0, 10)}, 415, "not an image"),
+        ("multipart without a boundary", "", no_boundary, 422, "multipart body cannot be parsed"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, query, request_kwargs, status, sentence",
+    hostile_requests(),
+    ids=[h[0] for h in hostile_requests()],
+)
+def test_hostile_request_gets_a_4xx_sentence_and_the_next_request_succeeds(
+    client, name, query, request_kwargs, status, sentence
+):
+    response = client.post(f"/detect?{query}", **request_kwargs)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert sentence in detail and detail.endswith(".") and len(detail) < 400, detail
+    assert client.post("/detect", content=SAMPLES[0].read_bytes()).status_code == 200
+
+
+def test_a_side_past_opencvs_limit_is_refused_from_the_header_under_the_pixel_limit():
+    """The issue's 1,100,000 x 1 BMP: 1.1 megapixels, under the default 40, but OpenCV asserts on a side
+    over 2**20: refused 413 from its header, never decoded."""
+    with pytest.raises(uploads.RequestError) as refused:
+        uploads.decode_image(bmp_header(1_100_000, 1), ServiceSettings().max_pixels)
+    assert refused.value.status == 413 and "1100000x1 pixels" in refused.value.message
+
+
+def test_a_60000_x_1_image_is_detected_in(client, detector):
+    """An extreme aspect ratio under every limit letterboxes to at least one pixel row and is answered."""
+    data = encoded(np.full((1, 60_000, 3), 127, np.uint8), ".png")
+    response = client.post("/detect", content=data)
+    assert response.status_code == 200, response.text
+    assert response.json()["image"] == {"width": 60_000, "height": 1}
+
+
+def test_limits_are_named_in_model(client):
+    limits = client.get("/model").json()["limits"]
+    assert limits["conf_floor"] == 0.001 and limits["max_det_cap"] == 1000 and limits["max_side"] == 65535
+    assert {"max_queue", "max_connections", "body_timeout_s", "graceful_timeout_s"} <= set(limits)
+
+
+# --- headers: the Host check and what every answer carries ---------------------------------------
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1:80", "[::1]:8000", "LOCALHOST"])
+def test_loopback_host_names_are_answered(client, host):
+    assert client.get("/health", headers={"host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["rebound.example", "rebound.example:8000", "127.0.0.1.example", ""])
+def test_other_host_names_are_refused_with_400(client, host):
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name in Host."""
+    response = client.post("/detect", content=SAMPLES[0].read_bytes(), headers={"host": host})
+    assert response.status_code == 400, response.text
+    assert "--allowed-hosts" in response.json()["detail"]
+
+
+def test_allowed_hosts_add_names_and_star_allows_any(detector, weights):
+    service = DetectionService(detector, weights)
+    with local_client(create_app(service, ["camera.lan"])) as named:
+        assert named.get("/health", headers={"host": "camera.lan:8000"}).status_code == 200
+        assert named.get("/health", headers={"host": "other.lan"}).status_code == 400
+    with local_client(create_app(DetectionService(detector, weights), ["*"])) as anything:
+        assert anything.get("/health", headers={"host": "other.lan"}).status_code == 200
+
+
+def test_every_answer_is_nosniff_and_never_framed(client):
+    answers = [
+        client.get("/health"),
+        client.get("/model"),
+        client.get("/metrics"),
+        client.get("/page.js"),
+        client.get("/no-such-page"),
+        client.post("/detect", content=SAMPLES[0].read_bytes()),
+        client.post("/detect?conf=2", content=SAMPLES[0].read_bytes()),
+        client.get("/health", headers={"host": "rebound.example"}),
+    ]
+    for response in answers:
+        assert response.headers["x-content-type-options"] == "nosniff", response.url
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"], response.url
+
+
+# --- admission control, read timeout, the worker and shutdown -----------------------------------
+
+
+class HeldModel:
+    """Makes ``detector.run_prepared`` wait until ``release()`` (at most 60 s): requests stay in flight."""
+
+    def __init__(self, detector: Detector, monkeypatch) -> None:
+        self.gate, self.run = threading.Event(), detector.run_prepared
+        monkeypatch.setattr(detector, "run_prepared", self.held)
+
+    def held(self, *args):
+        self.gate.wait(60)
+        return self.run(*args)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def post_in_thread(url: str, data: bytes, answers: list) -> threading.Thread:
+    """POST ``data`` to ``url`` from a thread that appends (status, JSON answer) to ``answers``."""
+
+    def send() -> None:
+        request = urllib.request.Request(url, data=data, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers.append((response.status, json.load(response)))
+        except urllib.error.HTTPError as error:
+            answers.append((error.code, json.load(error)))
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 30.0) -> bytes:
+    """Send ``request`` on a new connection and read until the server closes it or the timeout."""
+    import socket
+
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = re.search(rb"content-length: (\d+)", head, re.I)
+                if length and len(body) >= int(length.group(1)):
+                    break
+        except TimeoutError:
+            pass
+    return received
+
+
+def test_past_max_queue_a_request_gets_503_with_retry_after(detector, weights, monkeypatch):
+    held = HeldModel(detector, monkeypatch)
+    service = DetectionService(detector, weights, ServiceSettings(max_batch=1, max_queue=1, max_wait_ms=0))
+    sample = SAMPLES[0].read_bytes()
+    with BackgroundServer(create_app(service)) as server:
+        first: list = []
+        thread = post_in_thread(f"{server.url}/detect", sample, first)
+        wait_until(lambda: service.admitted == 1)
+        request = urllib.request.Request(f"{server.url}/detect", data=sample, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+        assert "limit of 1 images in flight" in json.load(refused.value)["detail"]
+        head = (
+            f"POST /detect HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(sample)}\r\n"
+            "Expect: 100-continue\r\n\r\n"
+        ).encode()
+        answer = raw_exchange(server.port, head)  # the body is never sent: it is refused unread
+        assert answer.startswith(b"HTTP/1.1 503") and b"100 Continue" not in answer
+        held.release()
+        thread.join(60)
+    assert first[0][0] == 200 and service.admitted == 0
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(detector, weights):
+    service = DetectionService(detector, weights, ServiceSettings(body_timeout_s=0.5))
+    with BackgroundServer(create_app(service)) as server:
+        head = b"POST /detect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n\xff\xd8"
+        started = time.monotonic()
+        answer = raw_exchange(server.port, head)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"read timeout of 0.5 s" in answer and time.monotonic() - started < 10
+        request = urllib.request.Request(f"{server.url}/detect", data=SAMPLES[0].read_bytes(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+
+def gathered_detections(detector, weights, settings: ServiceSettings) -> tuple[list, DetectionService]:
+    """Every sample sent to one started service at once: (each result or exception, the service)."""
+    service = DetectionService(detector, weights, settings)
+
+    async def scenario() -> list:
+        await service.start()
+        try:
+            thresholds = service.thresholds(None, None, None, None)
+            sent = (service.detect(path.read_bytes(), thresholds) for path in SAMPLES)
+            return await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), 60)
+        finally:
+            await service.stop()
+
+    return asyncio.run(scenario()), service
+
+
+def test_an_image_that_fails_fails_only_its_own_request(detector, weights, monkeypatch):
+    run = detector.run_prepared
+
+    def fails_on_the_wide_image(prepared, thresholds):
+        if any(item.original_hw[1] > item.original_hw[0] for item in prepared):
+            raise RuntimeError("this image broke the model")
+        return run(prepared, thresholds)
+
+    monkeypatch.setattr(detector, "run_prepared", fails_on_the_wide_image)
+    settings = ServiceSettings(max_batch=len(SAMPLES), max_wait_ms=10_000)
+    results, _ = gathered_detections(detector, weights, settings)
+    for path, result in zip(SAMPLES, results):
+        if cv2.imread(str(path)).shape[1] > 160:
+            assert isinstance(result, RuntimeError) and "broke the model" in str(result)
+        else:
+            assert same_rows(result.detections.tolist(), run([detector.prepare(cv2.imread(str(path)),
+                             service_hw(detector))], [detector.thresholds()])[0][0].tolist())  # fmt: skip
+
+
+def service_hw(detector: Detector) -> tuple[int, int]:
+    return detector.input_hw()
+
+
+def test_a_short_result_list_is_an_error_for_every_request_never_a_hang(detector, weights, monkeypatch):
+    run = detector.run_prepared
+    monkeypatch.setattr(detector, "run_prepared", lambda *args: (run(*args)[0][:-1], run(*args)[1]))
+    settings = ServiceSettings(max_batch=len(SAMPLES), max_wait_ms=10_000)
+    results, _ = gathered_detections(detector, weights, settings)
+    assert all(
+        isinstance(result, RuntimeError) and "results for a batch of" in str(result) for result in results
+    )
+
+
+def test_the_histogram_counts_images_per_forward_pass(detector, weights):
+    settings = ServiceSettings(max_batch=len(SAMPLES), max_wait_ms=10_000)
+    results, service = gathered_detections(detector, weights, settings)
+    shapes = [cv2.imread(str(path)).shape for path in SAMPLES]
+    assert service.metrics.batch_size.count == len(set(shapes))  # one pass per letterbox shape
+    assert service.metrics.batch_size.sum == len(SAMPLES)
+    assert sorted(result.batch_size for result in results) == sorted(shapes.count(s) for s in shapes)
+
+
+def test_a_worker_that_stops_makes_health_answer_503(client):
+    """A bug that ends the batcher's worker (here: a job that is not one) is logged, no request waits
+    forever, and /health answers 503."""
+    batcher = client.app.state.service.batcher
+    batcher._queue.put_nowait(None)  # noqa: SLF001
+    wait_until(lambda: not batcher.running)
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "stopped"
+    assert client.post("/detect", content=SAMPLES[0].read_bytes()).status_code == 503
+    client.portal.call(batcher.start)  # the module's client serves on for the tests after this one
+    assert client.post("/detect", content=SAMPLES[0].read_bytes()).status_code == 200
+
+
+@pytest.mark.parametrize("released_after_s, status", [(0.1, 200), (None, 503)])
+def test_shutdown_answers_requests_in_flight_within_the_grace_period(
+    detector, weights, monkeypatch, released_after_s, status
+):
+    """A request still running when shutdown begins gets its answer if it finishes within the grace
+    period, else 503; never a dropped connection."""
+    held = HeldModel(detector, monkeypatch)
+    service = DetectionService(detector, weights, ServiceSettings(max_batch=1, graceful_timeout_s=1.0))
+    server = BackgroundServer(create_app(service)).__enter__()
+    answers: list = []
+    thread = post_in_thread(f"{server.url}/detect", SAMPLES[0].read_bytes(), answers)
+    wait_until(lambda: service.admitted == 1)
+    stopping = threading.Thread(target=server.stop, daemon=True)
+    stopping.start()
+    if released_after_s is not None:
+        time.sleep(released_after_s)
+        held.release()
+    thread.join(30)
+    held.release()
+    stopping.join(30)
+    assert answers and answers[0][0] == status, answers
+    if status == 503:
+        assert "shutting down" in answers[0][1]["detail"]
+    assert not server.thread.is_alive()

@@ -208,29 +208,37 @@ class Detector:
         boxed, ratio, pad = letterbox(image, img_hw, auto=auto, stride=self.model.stride)
         return Prepared(image_to_tensor(boxed), (ratio, pad), image.shape[:2])
 
+    @staticmethod
+    def forward_passes(prepared: Sequence[Prepared]) -> list[list[int]]:
+        """The positions in ``prepared`` that ``run_prepared`` runs as one forward pass each: images of one
+        letterboxed shape, at most MAX_BATCH of them."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for position, item in enumerate(prepared):
+            groups.setdefault(tuple(item.tensor.shape), []).append(position)
+        return [
+            group[first : first + MAX_BATCH]
+            for group in groups.values()
+            for first in range(0, len(group), MAX_BATCH)
+        ]
+
     def run_prepared(
         self, prepared: Sequence[Prepared], thresholds: Sequence[dict]
     ) -> tuple[list[torch.Tensor], np.ndarray]:
         """Detect in prepared images, each with its own ``thresholds()``: images of one letterboxed shape
-        run as one batch. -> (per image Tensor[n, 6] (x1, y1, x2, y2 original pixels, score, class) on the
-        CPU, seconds spent (stacking, inference, NMS))."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for position, item in enumerate(prepared):
-            groups.setdefault(tuple(item.tensor.shape), []).append(position)
+        run as one batch (``forward_passes``). -> (per image Tensor[n, 6] (x1, y1, x2, y2 original pixels,
+        score, class) on the CPU, seconds spent (stacking, inference, NMS))."""
         detections: list[torch.Tensor] = [torch.zeros(0, 6)] * len(prepared)
         seconds = np.zeros(3)
-        for group in groups.values():
-            for first in range(0, len(group), MAX_BATCH):
-                chunk = group[first : first + MAX_BATCH]
-                stacked = time_sync()
-                batch = torch.stack([prepared[k].tensor for k in chunk]).to(self.model.device).float() / 255
-                start = time_sync()
-                prediction = self.model(batch)  # (B, N, 5 + nc) cx, cy, w, h (input pixels), obj, classes
-                inferred = time_sync()
-                for row, k in enumerate(chunk):  # NMS per image: each may have its own thresholds
-                    det = non_max_suppression(prediction[row : row + 1], **thresholds[k])[0]
-                    det = det.detach().cpu().float().clone()
-                    scale_boxes_to_original(det[:, :4], prepared[k].original_hw, prepared[k].ratio_pad)
-                    detections[k] = det
-                seconds += (start - stacked, inferred - start, time_sync() - inferred)
+        for chunk in self.forward_passes(prepared):
+            stacked = time_sync()
+            batch = torch.stack([prepared[k].tensor for k in chunk]).to(self.model.device).float() / 255
+            start = time_sync()
+            prediction = self.model(batch)  # (B, N, 5 + nc) cx, cy, w, h (input pixels), obj, classes
+            inferred = time_sync()
+            for row, k in enumerate(chunk):  # NMS per image: each may have its own thresholds
+                det = non_max_suppression(prediction[row : row + 1], **thresholds[k])[0]
+                det = det.detach().cpu().float().clone()
+                scale_boxes_to_original(det[:, :4], prepared[k].original_hw, prepared[k].ratio_pad)
+                detections[k] = det
+            seconds += (start - stacked, inferred - start, time_sync() - inferred)
         return detections, seconds

@@ -5,10 +5,13 @@ so the event loop never blocks on the model and the model never runs two batches
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+LOGGER = logging.getLogger(__name__)
 
 
 class ServiceStopped(RuntimeError):
@@ -26,6 +29,9 @@ class DynamicBatcher:
     """Gathers jobs into batches for ``run_batch(jobs) -> results`` (one result per job, in order; an
     Exception as a job's result is raised for that job alone), run in one worker thread. ``on_batch(size)``
     is called on the event loop after each batch that ran.
+
+    No batch can stop the worker: an exception from ``run_batch`` or ``on_batch``, or a result list of the
+    wrong length, is answered to every job of that batch (logged), and the next batch runs.
 
     A batch starts as soon as ``max_batch`` jobs are queued, or ``max_wait_s`` after its first job was
     queued; jobs queued while the worker is busy wait for the next batch, so under load batches fill up
@@ -53,6 +59,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._unanswered: set[asyncio.Future] = set()  # queued, being gathered or running
+        self._closed = False  # after fail_unanswered(): every job submitted is refused
 
     @property
     def running(self) -> bool:
@@ -65,7 +72,9 @@ class DynamicBatcher:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="detector")
+        self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._serve())
+        self._task.add_done_callback(self._worker_ended)
 
     async def stop(self) -> None:
         """Fail every unanswered job with ServiceStopped and end the worker once its batch is done."""
@@ -73,14 +82,32 @@ class DynamicBatcher:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
-        for future in list(self._unanswered):
-            if not future.done():
-                future.set_exception(ServiceStopped("the service is shutting down; try again later."))
+        self.fail_unanswered()
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
 
+    def fail_unanswered(self) -> None:
+        """Answer every job not yet answered, and every job submitted from now on, with ServiceStopped
+        (the end of a graceful shutdown's grace period)."""
+        self._closed = True
+        for future in list(self._unanswered):
+            if not future.done():
+                future.set_exception(ServiceStopped("the service is shutting down; try again later."))
+
+    def _worker_ended(self, task: asyncio.Task) -> None:
+        """The worker ends only when stopped. Should a bug end it otherwise, it is logged, every job left
+        is answered (``running`` is then False: /health answers 503), and none waits forever."""
+        if task.cancelled() or task.exception() is None:
+            return
+        LOGGER.error("the batching worker stopped", exc_info=task.exception())
+        for future in list(self._unanswered):
+            if not future.done():
+                future.set_exception(ServiceStopped("the model's worker has stopped; see the server's log."))
+
     async def submit(self, job: Any) -> Any:
         """Queue one job and wait for its result (or the exception its batch raised)."""
+        if self._closed:
+            raise ServiceStopped("the service is shutting down; try again later.")
         if not self.running:
             raise ServiceStopped("the service is not running; try again later.")
         loop = asyncio.get_running_loop()
@@ -111,8 +138,13 @@ class DynamicBatcher:
     async def _serve(self) -> None:
         while True:
             batch = await self._gather()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._run(batch)
+            except Exception as error:  # never lose the worker: answer the batch and go on
+                LOGGER.exception("a batch of %d jobs failed outside the model", len(batch))
+                _answer(batch, [error] * len(batch))
 
     async def _run(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -121,12 +153,26 @@ class DynamicBatcher:
         except Exception as error:  # every job of the batch gets the error, its caller reports it
             results = [error] * len(batch)
         else:
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-        for pending, result in zip(batch, results):
-            if pending.future.done():
-                continue
-            if isinstance(result, Exception):
-                pending.future.set_exception(result)
-            else:
-                pending.future.set_result(result)
+            if len(results) != len(batch):
+                error = RuntimeError(f"the model answered {len(results)} results for a batch of {len(batch)}")
+                LOGGER.error("%s; every job of the batch gets this error", error)
+                results = [error] * len(batch)
+            elif self.on_batch is not None:
+                try:
+                    self.on_batch(len(batch))
+                except Exception:  # a callback's fault is not the batch's: its answers stand
+                    LOGGER.exception("on_batch failed")
+        _answer(batch, results)
+
+
+def _answer(batch: list[_Pending], results: Sequence) -> None:
+    """Each job's result, or its exception, to the caller still waiting for it."""
+    for pending, result in zip(batch, results):
+        if pending.future.done():
+            continue
+        if isinstance(result, Exception):
+            pending.future.set_exception(result)
+        else:
+            pending.future.set_result(result)
+
+

@@ -6,12 +6,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Callable
 
 import uvicorn
 
 from utils.errors import ConfigError
+from utils.serve.service import ServiceSettings
 
 LOOPBACK = "127.0.0.1"
+# How long uvicorn waits, past the service's own grace period, for the 503s of the requests left over to go
+# out before it cancels what still runs.
+ANSWER_MARGIN_S = 2.0
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -34,9 +39,32 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def server_for(app, access_log: bool = False) -> uvicorn.Server:
-    """uvicorn logging through this project's logging setup (log_config=None)."""
-    config = uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=10)
-    return uvicorn.Server(config)
+    """uvicorn logging through this project's logging setup (log_config=None). For an app of create_app,
+    the service's connection cap and graceful shutdown: when shutdown begins the service stops admitting
+    requests, answers those in flight until its grace period ends and the ones left over with 503."""
+    service = getattr(getattr(app, "state", None), "service", None)
+    settings = service.settings if service is not None else ServiceSettings()
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=access_log,
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.graceful_timeout_s + ANSWER_MARGIN_S,
+    )
+    return Server(config, service.begin_shutdown if service is not None else None)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, calling ``on_shutdown()`` on the event loop as its shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        await super().shutdown(sockets)
 
 
 class BackgroundServer:
