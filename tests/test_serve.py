@@ -758,7 +758,7 @@ def test_a_worker_that_stops_makes_health_answer_503(client):
     """A bug that ends the batcher's worker (here: a job that is not one) is logged, no request waits
     forever, and /health answers 503."""
     batcher = client.app.state.service.batcher
-    batcher._queue.put_nowait(None)  # noqa: SLF001
+    client.portal.call(batcher._queue.put_nowait, None)  # on the loop: asyncio.Queue is not thread-safe
     wait_until(lambda: not batcher.running)
     health = client.get("/health")
     assert health.status_code == 503 and health.json()["status"] == "stopped"
