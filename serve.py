@@ -43,9 +43,9 @@ class ServeOptions:
     max_megapixels: float = option(
         40.0, "largest image in megapixels, read from its header before decoding (larger: 413)"
     )
-    max_queue: int = option(
-        32, "images in flight at most, from decoding to answer (more: 503 with Retry-After); default "
-        "two full batches: one running, one waiting",
+    max_queue: int | None = option(
+        None, "images in flight at most, from decoding to answer (more: 503 with Retry-After); default "
+        "2 x --max-batch: one batch running, one gathered and waiting", type=int,
     )  # fmt: skip
     max_connections: int = option(512, "open connections at most (more: 503)")
     body_timeout: float = option(30.0, "seconds a request body may take to arrive (longer: 408)")
@@ -86,7 +86,7 @@ class ServeOptions:
             self.max_wait_ms,
             self.max_upload_mb,
             self.max_megapixels,
-            self.max_queue,
+            self.max_queue or 2 * self.max_batch,
             self.max_connections,
             self.body_timeout,
             self.graceful_timeout,
