@@ -74,6 +74,7 @@ def test_page_draws_the_boxes_of_an_uploaded_image_and_lists_them(weights):
             timing = page.inner_text("#timing")
             color = service.model_info()["colors"][int(expected[0][5])]  # the first box's class
             colored = palette_pixels(page, color)
+            styled = page.evaluate("getComputedStyle(document.body).maxWidth")  # page.css applied
         finally:
             browser.close()
     assert drawn == rows == len(expected)
@@ -83,4 +84,5 @@ def test_page_draws_the_boxes_of_an_uploaded_image_and_lists_them(weights):
     assert all(abs(float(shown) - value) < 0.051 for shown, value in zip(first_row[3:], box))  # 1 decimal
     assert "inference" in timing and "ms" in timing
     assert colored > 100, "the first box's class color is not on the canvas"
-    assert not problems, problems
+    assert styled == "1200px", "the stylesheet was not applied (blocked by the page's policy?)"
+    assert not problems, problems  # a Content-Security-Policy violation is a console error
