@@ -204,7 +204,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     if image is None or image.size == 0:
         raise RequestError(
             422,
-            f"the {kind} image is corrupt or truncated, or of a kind OpenCV cannot decode (a float TIFF, say); "
-            "send the complete file in 8- or 16-bit color.",
+            f"the {kind} image is corrupt or truncated, or of a kind OpenCV cannot decode (a float TIFF, "
+            "say); send the complete file in 8- or 16-bit color.",
         )
     return image
