@@ -174,5 +174,3 @@ def _answer(batch: list[_Pending], results: Sequence) -> None:
             pending.future.set_exception(result)
         else:
             pending.future.set_result(result)
-
-
