@@ -24,6 +24,17 @@ def weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def serve_detector(weights):
+    """A Detector of ``weights`` on the CPU at 96 px and conf 0.1, where the tiny model finds boxes: what
+    the service's tests (test_serve.py, test_serve_fuzz.py) serve."""
+    from utils.deploy.detector import Detector
+
+    detector = Detector(weights, device="cpu")
+    detector.size, detector.conf = 96, 0.1
+    return detector
+
+
+@pytest.fixture(scope="module")
 def two_class_yolov5n_weights(tmp_path_factory):
     """tiny.pt of an untrained yolov5n as models/yolov5n.yaml defines it (seed 0), classes
     helpers.BOX_BAR_NAMES: those of test_val.py's hand-made dataset."""

@@ -51,10 +51,9 @@ NO_NMS = dict(iou=1.0, max_det=5000)  # every candidate a detection, as test_det
 
 
 @pytest.fixture(scope="module")
-def detector(weights) -> Detector:
-    detector = Detector(weights, device="cpu")
-    detector.size, detector.conf = SIZE, CONF
-    return detector
+def detector(serve_detector) -> Detector:
+    assert (serve_detector.size, serve_detector.conf) == (SIZE, CONF)
+    return serve_detector
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 import zlib
 
 import cv2
@@ -25,11 +24,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx: pip insta
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-with warnings.catch_warnings():  # Starlette 1.x asks for httpx2 in its TestClient; httpx works as well
-    warnings.filterwarnings("ignore", message=".*httpx2")
-    from fastapi.testclient import TestClient
-
-from utils.deploy.detector import Detector  # noqa: E402
+from tests.test_serve import local_client, rows  # noqa: E402
 from utils.paths import ROOT  # noqa: E402
 from utils.serve.app import create_app  # noqa: E402
 from utils.serve.server import BackgroundServer  # noqa: E402
@@ -39,37 +34,25 @@ FUZZ_EXAMPLES = 150  # hypothesis-made bodies
 SCHEMA_EXAMPLES = 40  # Schemathesis cases per operation
 CLIENT_FAULTS = {200, 400, 408, 413, 415, 422}  # every answer but a server's error
 GOOD = ROOT / "data" / "images" / "shapes0.jpg"
-SIZE, CONF = 96, 0.1
 FUZZ_SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
-def detector(weights) -> Detector:
-    detector = Detector(weights, device="cpu")
-    detector.size, detector.conf = SIZE, CONF
-    return detector
-
-
-@pytest.fixture(scope="module")
-def service_app(detector, weights):
+def service_app(serve_detector, weights):
     """The app with small limits (0.5 MB, 1 megapixel) so that oversized cases are refused quickly."""
     settings = ServiceSettings(max_batch=4, max_wait_ms=1, max_upload_mb=0.5, max_megapixels=1.0)
-    return create_app(DetectionService(detector, weights, settings))
+    return create_app(DetectionService(serve_detector, weights, settings))
 
 
 @pytest.fixture(scope="module")
 def client(service_app):
-    with TestClient(service_app, base_url="http://localhost") as client:
+    with local_client(service_app) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def expected(detector) -> list[list[float]]:
-    return detector(str(GOOD)).xyxy[0].tolist()
-
-
-def rows(answer: dict) -> list[list[float]]:
-    return [found["xyxy"] + [found["confidence"], found["class"]] for found in answer["detections"]]
+def expected(serve_detector) -> list[list[float]]:
+    return serve_detector(str(GOOD)).xyxy[0].tolist()
 
 
 # --- the images the bodies are made from ----------------------------------------------------------
