@@ -9,8 +9,10 @@ Every RepVGG block and every Conv+BN of the training form becomes one conv. The 
 checked against the training form on real images from the checkpoint's dataset (random input
 when those are not on this machine) and is saved only when the relative error is at most 1e-5,
 as ``best_fused.pt`` beside the input (``deploy: True``: loading builds the fused graph directly).
-Every export is written from the fused model and checked against it (utils.deploy.edge for the edge
-formats, whose converters come from requirements-edge.txt).
+Every export is written from the fused model under a temporary name, checked against the model there and
+only then renamed to its final name (utils.deploy.staging), so val.py, detect.py and serve.py never find a
+refused one; a refusal names the artefacts it left unwritten (utils.deploy.edge for the edge formats, whose
+converters come from requirements-edge.txt).
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from utils.deploy.fuse import (
     save_fused,
     training_img_size,
 )
+from utils.deploy.metadata import int8_onnx_path, openvino_folder
 from utils.deploy.pipeline import Int8Plan, OnnxSettings, write_edge, write_int8, write_onnx, write_openvino
 from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_files
+from utils.deploy.staging import Release
 from utils.device import select_device
-from utils.errors import CheckpointError, ConfigError, ConversionError, DataError
+from utils.errors import CheckpointError, ConfigError, ConversionError, DataError, UserError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -169,19 +173,36 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
         print(format_report(report))
         print(f"Saved the fused checkpoint to {output}")
         model, images, onnx_path = result.fused, result.images, output.with_suffix(".onnx")
-    if options.exports_onnx:
-        report.update(export(model, onnx_path, images, options, plan))
-    if options.edge_formats:
-        onnx_written = onnx_path if options.exports_onnx else None
-        kept = report.get("bounded", {}).get("onnx", {}).get("kept_float", [])  # --max-drop's search
-        base = onnx_path.with_suffix("")
-        edge = write_edge(model, base, images, options.edge_formats, onnx_written, plan, kept)
-        print(edge.describe())
-        report["edge"] = {check.path: dataclasses.asdict(check) for check in edge.checks}
-        report["bounded"] = report.get("bounded", {}) | {
-            path: dataclasses.asdict(result) | {"drop": result.drop} for path, result in edge.bounded.items()
-        }
+    release = Release(planned_artefacts(options, onnx_path))
+    try:
+        if options.exports_onnx:
+            report.update(export(model, onnx_path, images, options, plan, release))
+        if options.edge_formats:
+            kept = report.get("bounded", {}).get("onnx", {}).get("kept_float", [])  # --max-drop's search
+            edge = export_edge(model, onnx_path, images, options, plan, kept, release)
+            report["edge"] = edge["edge"]
+            report["bounded"] = report.get("bounded", {}) | edge["bounded"]
+    except UserError as error:  # a refused artefact: nothing under its name, nor under the later ones'
+        raise release.refusal(error) from None
     return report
+
+
+def planned_artefacts(options: ConvertOptions, onnx_path: Path) -> dict[Path, str]:
+    """Every artefact the flags ask for, {final path: its format's title}, in the order they are written."""
+    planned = {}
+    if options.exports_onnx:
+        planned[onnx_path] = "ONNX"
+    if options.openvino:
+        planned[openvino_folder(onnx_path)] = "OpenVINO IR"
+    if options.int8:
+        planned[int8_onnx_path(onnx_path)] = "INT8 ONNX"
+        if options.openvino:
+            planned[openvino_folder(int8_onnx_path(onnx_path))] = "INT8 OpenVINO IR"
+    for flag in options.edge_formats:
+        edge_format = EDGE_FORMATS[flag]
+        artefacts = edge_format.artefacts(onnx_path.with_suffix(""), options.int8)
+        planned |= dict.fromkeys(artefacts, edge_format.title)
+    return planned
 
 
 def save(result: FusionResult, ckpt: dict, weights: Path, output: Path) -> None:
@@ -224,20 +245,26 @@ def validation_config(ckpt: dict, data: str | Path | None, max_drop: float | Non
 
 
 def export(
-    model: nn.Module, onnx_path: Path, images: torch.Tensor, options: ConvertOptions, plan: Int8Plan | None
+    model: nn.Module,
+    onnx_path: Path,
+    images: torch.Tensor,
+    options: ConvertOptions,
+    plan: Int8Plan | None,
+    release: Release,
 ) -> dict:
-    """The exports of the fused ``model``, each checked on ``images`` and printed: the ONNX graph at
-    ``onnx_path``, then with --openvino its IR, with --int8 the INT8 models. Returns the report's "onnx",
-    "runtimes" ({artefact path: its check}) and "bounded" ({runtime: what --max-drop kept float})."""
-    checked = write_onnx(model, onnx_path, images, options.onnx_settings())
+    """The exports of the fused ``model``, each checked on ``images``, published through ``release`` and
+    printed: the ONNX graph at ``onnx_path``, then with --openvino its IR, with --int8 the INT8 models.
+    Returns the report's "onnx", "runtimes" ({artefact path: its check}) and "bounded" ({runtime: what
+    --max-drop kept float})."""
+    checked = write_onnx(model, onnx_path, images, options.onnx_settings(), release)
     print(checked.describe())
     runtimes = []
     if options.openvino:
-        runtimes.append(write_openvino(model, onnx_path, images))
+        runtimes.append(write_openvino(model, onnx_path, images, release))
         print(runtimes[-1].describe())
     bounded = {}
     if plan is not None:
-        quantized = write_int8(model, onnx_path, images, plan, options.openvino)
+        quantized = write_int8(model, onnx_path, images, plan, options.openvino, release)
         print(quantized.describe())
         runtimes += quantized.checks
         bounded = {runtime: dataclasses.asdict(result) | {"drop": result.drop}
@@ -246,6 +273,31 @@ def export(
         "onnx": dataclasses.asdict(checked),
         "runtimes": {check.path: dataclasses.asdict(check) for check in runtimes},
         "bounded": bounded,
+    }
+
+
+def export_edge(
+    model: nn.Module,
+    onnx_path: Path,
+    images: torch.Tensor,
+    options: ConvertOptions,
+    plan: Int8Plan | None,
+    kept: list[str],
+    release: Release,
+) -> dict:
+    """The edge formats of the fused ``model`` beside ``onnx_path`` (MNN converts the published graph there),
+    each checked on ``images``, published through ``release`` and printed; ``kept``: the convolutions ONNX
+    Runtime's --max-drop search kept float. Returns the report's "edge" ({artefact path: its check}) and
+    the INT8 artefacts' "bounded" entries."""
+    onnx_written = onnx_path if options.exports_onnx else None
+    base = onnx_path.with_suffix("")
+    edge = write_edge(model, base, images, options.edge_formats, onnx_written, plan, kept, release)
+    print(edge.describe())
+    return {
+        "edge": {check.path: dataclasses.asdict(check) for check in edge.checks},
+        "bounded": {
+            path: dataclasses.asdict(result) | {"drop": result.drop} for path, result in edge.bounded.items()
+        },
     }
 
 

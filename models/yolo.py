@@ -193,11 +193,12 @@ def count_gflops(model: nn.Module, img_size: int | Sequence[int] = 640) -> float
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     parameter = next(model.parameters())
     x = torch.zeros(1, 3, height, width, dtype=parameter.dtype, device=parameter.device)
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # each restored as it was
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    model.train(was_training)
+    for module, training in modes.items():
+        module.training = training
     return counter.get_total_flops() / 1e9
 
 

@@ -1,20 +1,25 @@
 """The edge formats (convert.py --torchscript --ncnn --tflite --executorch --mnn --coreml): one tiny model
 through every installed format, at 64 px with --int8 (8 calibration images): the artefacts under yolov5's
 names, each loaded by load_inference_model and close to PyTorch, scored by val.py, run by detect.py and
-the hub; a corrupt file of each refused in one sentence; a missing converter or runtime named with the
-requirements file. A format whose packages are not installed (requirements-edge.txt) skips, saying so."""
+the hub; a corrupt file of each and malformed metadata refused in one sentence; a missing converter or
+runtime named with the requirements file. A format whose packages are not installed
+(requirements-edge.txt) skips, saying so."""
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import platform
 import subprocess
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.helpers import make_tiny_dataset, write_tiny_checkpoint
 from utils.data.config import load_data_config
@@ -302,3 +307,104 @@ def test_pt2e_int8_keeps_float_the_convolutions_named_by_their_onnx_nodes(export
         return sum(node.args[1].op == "get_attr" for node in convs)
 
     assert float_weight_convs((paths[1],)) == float_weight_convs(()) + 1
+
+
+# --- malformed metadata: one sentence naming the file and the flag that re-exports it, never a traceback --
+
+GOOD_METADATA = {"names": ["a", "b"], "nc": 2, "stride": 32, "deploy": True, "img_size": [64, 64]}
+
+
+def metadata_with(**entries) -> str:
+    return json.dumps(GOOD_METADATA | entries)
+
+
+WRONG_TYPES = [
+    pytest.param(json.dumps([1, 2]), "it is [1, 2], not a mapping", id="a-list"),
+    pytest.param(metadata_with(names="ab"), "names is 'ab', not a list", id="names-a-string"),
+    pytest.param(metadata_with(names=[1, 2]), "names is [1, 2], not a list", id="names-numbers"),
+    pytest.param(metadata_with(stride="32"), "stride is '32', not a positive", id="stride-text"),
+    pytest.param(metadata_with(stride=-8), "stride is -8, not a positive", id="stride-negative"),
+    pytest.param(metadata_with(img_size=[64]), "img_size is [64], not [height", id="img-size"),
+    pytest.param(json.dumps({"names": ["a"], "img_size": [64, 64]}), "it has no stride", id="no-stride"),
+]
+MALFORMED = [pytest.param('{"names": ["a"', "is not JSON", id="not-json"), *WRONG_TYPES]
+# a LiteRT / ExecuTorch file's first bytes: its flatbuffer's root offset, then its file identifier
+FLATBUFFER_HEADERS = {".tflite": b"\x1c\x00\x00\x00TFL3", ".pte": b"\x1c\x00\x00\x00ET12"}
+FLAGS_OF_SUFFIXES = {".tflite": "--tflite", ".pte": "--executorch"}
+
+
+def with_zip(content: bytes, metadata_json: str) -> bytes:
+    """``content`` with a zip holding metadata.json appended, as utils.deploy.metadata.with_zip_metadata
+    appends it, but any text."""
+    buffer = io.BytesIO(content)
+    buffer.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("metadata.json", metadata_json)
+    return buffer.getvalue()
+
+
+def refusal_of(path: Path) -> str:
+    from utils.deploy.backend import load_inference_model
+
+    with pytest.raises(WeightsError) as error:
+        load_inference_model(path)
+    return str(error.value)
+
+
+def assert_one_sentence(message: str, path: Path, problem: str, flag: str) -> None:
+    assert message.startswith(f"{path} ") and problem in message, message
+    assert message.endswith(f"re-export it with convert.py {flag}.") and message.count(". ") == 0, message
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".pte"])
+@pytest.mark.parametrize("metadata_json, problem", MALFORMED)
+def test_malformed_zip_metadata_of_a_litert_or_executorch_file_is_one_sentence(
+    tmp_path, suffix, metadata_json, problem
+):
+    """Read before the runtime is needed: these files are a flatbuffer's header and a crafted zip."""
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(with_zip(FLATBUFFER_HEADERS[suffix] + bytes(56), metadata_json))
+    assert_one_sentence(refusal_of(path), path, problem, FLAGS_OF_SUFFIXES[suffix])
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".pte"])
+def test_a_damaged_metadata_zip_is_one_sentence(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    intact = with_zip(FLATBUFFER_HEADERS[suffix] + bytes(56), metadata_with())
+    path.write_bytes(intact.replace(b'"names"', b'"namez"'))  # stored uncompressed: its CRC no longer holds
+    assert_one_sentence(refusal_of(path), path, "the zip at its end is damaged", FLAGS_OF_SUFFIXES[suffix])
+
+
+@pytest.mark.parametrize("metadata_json, problem", MALFORMED)
+def test_malformed_torchscript_metadata_is_one_sentence(tmp_path, metadata_json, problem):
+    path = tmp_path / "model.torchscript"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated
+        torch.jit.save(
+            torch.jit.script(torch.nn.Identity()), str(path), _extra_files={"config.txt": metadata_json}
+        )
+    assert_one_sentence(refusal_of(path), path, problem, "--torchscript")
+
+
+@pytest.mark.parametrize("metadata_json, problem", WRONG_TYPES[1:])
+def test_malformed_ncnn_metadata_yaml_is_one_sentence(tmp_path, metadata_json, problem):
+    path = tmp_path / "model_ncnn_model"
+    path.mkdir()
+    for name in ("model.ncnn.param", "model.ncnn.bin"):
+        (path / name).write_bytes(b"7767517\n")
+    (path / "metadata.yaml").write_text(yaml.safe_dump(json.loads(metadata_json)))
+    assert_one_sentence(refusal_of(path), path, problem, "--ncnn")
+
+
+def test_detect_says_a_malformed_metadata_in_one_line(tmp_path, capsys):
+    import detect
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(with_zip(FLATBUFFER_HEADERS[".tflite"] + bytes(56), metadata_with(stride=None)))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        detect.main(["--weights", str(path), "--source", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"detect.py: {path} carries malformed RepYOLO metadata (stride is None" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

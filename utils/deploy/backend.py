@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from utils.deploy.edge_runtimes import EXPORT_NAMES, RUNTIMES, edge_format_of
-from utils.deploy.metadata import read_folder_metadata, read_metadata
+from utils.deploy.metadata import check_metadata, read_folder_metadata, read_metadata
 from utils.device import half_dtype, select_device
 from utils.errors import WeightsError, WeightsNotFoundError
 from utils.inference import ArrayInferenceModel, InferenceModel, TorchInferenceModel
@@ -46,6 +46,7 @@ class OnnxInferenceModel(ArrayInferenceModel):
             raise WeightsError(
                 f"{path} is corrupt or not an ONNX model; re-export it with convert.py."
             ) from None
+        metadata = check_metadata(path, metadata, "--onnx")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))

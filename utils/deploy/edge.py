@@ -16,7 +16,9 @@ INT8 (TFLite, ExecuTorch) is PT2E post-training quantization of the trunk (every
 layer), calibrated on the same images as the other INT8 paths; the Detect layer's 1x1 convs and the box
 decode stay float, so boxes in pixels and scores in 0..1 never share one 8-bit scale.
 
-Each converter is optional (requirements-edge.txt) and imported only when its flag is used.
+Each converter is optional (requirements-edge.txt) and imported only when its flag is used. A writer
+writes its artefacts where it is told, at once; utils.deploy.pipeline.write_edge tells it a temporary base
+(utils.deploy.staging) and publishes each artefact under its final name once it passed its check.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,6 @@ from utils.deploy.metadata import (
     write_folder_metadata,
 )
 from utils.errors import ConversionError
-from utils.paths import UMASK, atomic_open
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,6 +74,12 @@ class EdgeFormat:
     def path(self, base: Path, suffix: str | None = None) -> Path:
         """The artefact of ``base`` (the fused checkpoint without its suffix, e.g. runs/.../best_fused)."""
         return base.with_name(base.name + (suffix or self.suffix))
+
+    def artefacts(self, base: Path, int8: bool = False) -> list[Path]:
+        """Every artefact this format writes from ``base``, with ``int8`` its INT8 one too, in the order its
+        writer returns them."""
+        int8_suffixes = [self.int8_suffix] if int8 and self.int8_suffix else []
+        return [self.path(base, suffix) for suffix in (self.suffix, *self.extra_suffixes, *int8_suffixes)]
 
     def missing(self) -> list[str]:
         """The pip names of the packages this format needs that are not installed."""
@@ -118,9 +124,9 @@ class Written:
 
 @dataclass
 class EdgeInputs:
-    """What every edge writer gets: the fused model (eval, CPU), an example input (1, 3, H, W), the
-    metadata to carry, the calibration images for INT8 (None: no INT8 artefact) and the ONNX export
-    (MNN converts from it)."""
+    """What every edge writer gets: the fused model (a float32 CPU copy in eval mode, which the writers may
+    change: utils.deploy.export.export_copy), an example input (1, 3, H, W), the metadata to carry, the
+    calibration images for INT8 (None: no INT8 artefact) and the ONNX export (MNN converts from it)."""
 
     model: nn.Module
     example: torch.Tensor
@@ -130,34 +136,7 @@ class EdgeInputs:
     float_modules: tuple[str, ...] = ()  # modules INT8 keeps float, e.g. "model.4.conv" (module_of_onnx_node)
 
 
-# --- writing files whole or not at all ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def staged_folder(final: Path):
-    """A temporary folder beside ``final`` to write into; on success it replaces ``final`` (an earlier
-    export) in a rename, so a killed export never leaves a half-written artefact under the final name."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(stage, 0o777 & ~UMASK)  # a folder's usual permissions, not mkdtemp's 0700
-    try:
-        yield stage
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            stage.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(final)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    with atomic_open(path, "wb") as file:
-        file.write(data)
-    return path
+# --- running the converters ---------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -223,13 +202,11 @@ def traced(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
 def write_torchscript(inputs: EdgeInputs, base: Path) -> list[Written]:
     """The traced model with the metadata as an extra file (yolov5's config.txt)."""
     path = TORCHSCRIPT_FORMAT.path(base)
-    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.save is deprecated
         torch.jit.save(
-            traced(inputs.model, inputs.example), buffer, _extra_files=metadata_files(inputs.metadata)
+            traced(inputs.model, inputs.example), str(path), _extra_files=metadata_files(inputs.metadata)
         )
-    write_bytes_atomic(path, buffer.getvalue())
     return [Written(path, "float32")]
 
 
@@ -243,7 +220,8 @@ def write_ncnn(inputs: EdgeInputs, base: Path) -> list[Written]:
 
     folder = NCNN_FORMAT.path(base)
     shape = list(inputs.example.shape)
-    with staged_folder(folder) as stage, tempfile.TemporaryDirectory(dir=stage) as work:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as work:
         traced_file = Path(work).resolve() / "model.pt"  # pnnx runs in ``work``: an absolute path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -259,9 +237,9 @@ def write_ncnn(inputs: EdgeInputs, base: Path) -> list[Written]:
                 f"pnnx could not convert the model to NCNN (exit {result.returncode}: "
                 f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}); report the model's config."
             )
-        produced[0].replace(stage / NCNN_PARAM)
-        produced[1].replace(stage / NCNN_WEIGHTS)
-        write_folder_metadata(stage, inputs.metadata)
+        produced[0].replace(folder / NCNN_PARAM)
+        produced[1].replace(folder / NCNN_WEIGHTS)
+    write_folder_metadata(folder, inputs.metadata)
     return [Written(folder, "float32")]
 
 
@@ -273,15 +251,12 @@ def write_mnn(inputs: EdgeInputs, base: Path) -> list[Written]:
     path = MNN_FORMAT.path(base)
     if inputs.onnx_path is None:
         raise ConversionError("--mnn converts the ONNX export; it needs --onnx.")
-    with tempfile.TemporaryDirectory(dir=path.parent) as work:
-        staged = Path(work) / "model.mnn"
-        biz_code = json.dumps(inputs.metadata, separators=(",", ":"))
-        arguments = ["mnnconvert", "-f", "ONNX", "--modelFile", str(inputs.onnx_path),
-                     "--MNNModel", str(staged), "--bizCode", biz_code]  # fmt: skip
-        mnn_tools.mnnconvert(arguments)
-        if not staged.is_file():
-            raise ConversionError(f"MNN's converter wrote no model from {inputs.onnx_path}; report it.")
-        staged.replace(path)
+    biz_code = json.dumps(inputs.metadata, separators=(",", ":"))
+    arguments = ["mnnconvert", "-f", "ONNX", "--modelFile", str(inputs.onnx_path),
+                 "--MNNModel", str(path), "--bizCode", biz_code]  # fmt: skip
+    mnn_tools.mnnconvert(arguments)
+    if not path.is_file():
+        raise ConversionError(f"MNN's converter wrote no model from {inputs.onnx_path}; report it.")
     return [Written(path, "float32")]
 
 
@@ -299,12 +274,7 @@ def write_coreml(inputs: EdgeInputs, base: Path) -> list[Written]:
     )
     for key, value in inputs.metadata.items():
         mlmodel.user_defined_metadata[key] = value if isinstance(value, str) else json.dumps(value)
-    with staged_folder(path) as stage:
-        target = stage / path.name
-        mlmodel.save(str(target))
-        for item in target.iterdir():
-            item.replace(stage / item.name)
-        target.rmdir()
+    mlmodel.save(str(path))
     return [Written(path, "float32")]
 
 
@@ -336,8 +306,8 @@ def write_tflite(inputs: EdgeInputs, base: Path) -> list[Written]:
 
 
 def write_with_metadata(path: Path, content: bytes, precision: str, inputs: EdgeInputs) -> Written:
-    """A .tflite or .pte file written whole: the model, then its metadata (and precision) as a zip."""
-    write_bytes_atomic(path, with_zip_metadata(content, inputs.metadata | {"precision": precision}))
+    """A .tflite or .pte file: the model, then its metadata (and precision) as a zip, in one write."""
+    path.write_bytes(with_zip_metadata(content, inputs.metadata | {"precision": precision}))
     return Written(path, precision)
 
 

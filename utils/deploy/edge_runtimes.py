@@ -4,7 +4,9 @@
 Each takes a static (1, 3, H, W) float input and gives the decoded (1, N, 5 + nc) predictions, so
 ArrayInferenceModel pads smaller inputs and runs larger batches one image at a time. A file that is
 corrupt or not of its format is refused in one sentence before its runtime sees it where that runtime
-would abort the process (ExecuTorch) rather than raise.
+would abort the process (ExecuTorch) rather than raise, and so is metadata that is damaged or of the wrong
+types (utils.deploy.metadata.check_metadata), read before the runtime is needed where it sits outside the
+model (LiteRT, ExecuTorch, NCNN).
 """
 
 from __future__ import annotations
@@ -14,12 +16,20 @@ import logging
 import platform
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from utils.deploy.edge import EDGE_FORMATS, EdgeFormat
-from utils.deploy.metadata import NCNN_PARAM, NCNN_WEIGHTS, read_folder_metadata, read_zip_metadata
+from utils.deploy.metadata import (
+    NCNN_PARAM,
+    NCNN_WEIGHTS,
+    check_metadata,
+    parse_json_metadata,
+    read_folder_metadata,
+    read_zip_metadata,
+)
 from utils.errors import WeightsError
 from utils.inference import ArrayInferenceModel
 
@@ -33,14 +43,17 @@ def corrupt(path: Path, edge_format: EdgeFormat) -> WeightsError:
     )
 
 
-def static_shape(path: Path, metadata: dict | None, edge_format: EdgeFormat) -> list[int]:
-    """The (1, 3, H, W) input an export was written for, from its metadata."""
-    if not metadata or "img_size" not in metadata:
+def exported_metadata(path: Path, metadata: Any, edge_format: EdgeFormat) -> tuple[dict, list[int]]:
+    """The metadata read from an export (None: none) once it is RepYOLO's, with class names, stride and
+    input size of their types (check_metadata), and the (1, 3, H, W) input the export was written for;
+    WeightsError (one sentence naming the file) otherwise."""
+    if not metadata:
         raise WeightsError(
             f"{path} carries no RepYOLO metadata (class names, stride, input size), so it was not exported "
             f"by RepYOLO; export the checkpoint with convert.py --{edge_format.flag}."
         )
-    return [1, 3, *metadata["img_size"]]
+    metadata = check_metadata(path, metadata, f"--{edge_format.flag}", ("names", "stride", "img_size"))
+    return metadata, [1, 3, *metadata["img_size"]]
 
 
 def flatbuffer_identifier(path: Path) -> bytes:
@@ -64,16 +77,18 @@ class TorchScriptInferenceModel(ArrayInferenceModel):
     kind = "torchscript"
 
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
+        edge_format = EDGE_FORMATS["torchscript"]
         extra = {"config.txt": ""}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.load is deprecated
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-            metadata = json.loads(extra["config.txt"] or "{}")
-        except Exception as error:  # a broken zip or pickle: RuntimeError, JSONDecodeError, ...
+        except Exception as error:  # a broken zip or pickle: RuntimeError, ...
             LOGGER.debug("torch.jit.load(%s) failed: %s", path, error)
-            raise corrupt(path, EDGE_FORMATS["torchscript"]) from None
-        shape = static_shape(path, metadata, EDGE_FORMATS["torchscript"])
+            raise corrupt(path, edge_format) from None
+        text = extra["config.txt"]
+        metadata = parse_json_metadata(path, text, "config.txt", "--torchscript") if text else None
+        metadata, shape = exported_metadata(path, metadata, edge_format)
         super().__init__(path, metadata, device, shape)
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
@@ -89,15 +104,16 @@ class NcnnInferenceModel(ArrayInferenceModel):
 
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         edge_format = EDGE_FORMATS["ncnn"]
-        require_runtime(path, edge_format)
-        import ncnn
-
         param, weights = path / NCNN_PARAM, path / NCNN_WEIGHTS
         if not (param.is_file() and weights.is_file()):
             raise WeightsError(
                 f"{path} should hold {NCNN_PARAM} and {NCNN_WEIGHTS}; re-export it with convert.py --ncnn."
             )
         metadata = read_folder_metadata(path, NCNN_PARAM, "--ncnn")
+        metadata, shape = exported_metadata(path, metadata, edge_format)
+        require_runtime(path, edge_format)
+        import ncnn
+
         with open(param, "rb") as file:
             magic = file.readline().strip()
         self.net = ncnn.Net()
@@ -110,7 +126,7 @@ class NcnnInferenceModel(ArrayInferenceModel):
         loaded = magic == b"7767517" and self.net.load_param(str(param)) == 0  # NCNN's param magic
         if not (loaded and self.net.load_model(str(weights)) == 0):
             raise corrupt(path, edge_format)
-        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
+        super().__init__(path, metadata, device, shape)
         self.ncnn = ncnn
         self.input_name, self.output_name = self.net.input_names()[0], self.net.output_names()[0]
 
@@ -132,19 +148,19 @@ class TFLiteInferenceModel(ArrayInferenceModel):
 
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         edge_format = EDGE_FORMATS["tflite"]
+        if flatbuffer_identifier(path) != b"TFL3":
+            raise corrupt(path, edge_format)
+        metadata, shape = exported_metadata(path, read_zip_metadata(path, "--tflite"), edge_format)
         require_runtime(path, edge_format)
         from ai_edge_litert.interpreter import Interpreter
 
-        if flatbuffer_identifier(path) != b"TFL3":
-            raise corrupt(path, edge_format)
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
             self.interpreter.allocate_tensors()
         except Exception as error:  # ValueError / RuntimeError for a broken flatbuffer
             LOGGER.debug("LiteRT could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None
-        metadata = read_zip_metadata(path)
-        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
+        super().__init__(path, metadata, device, shape)
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]
         self.int8 = metadata.get("precision") == "int8"
@@ -163,9 +179,10 @@ class ExecuTorchInferenceModel(ArrayInferenceModel):
 
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         edge_format = EDGE_FORMATS["executorch"]
-        require_runtime(path, edge_format)
         if not flatbuffer_identifier(path).startswith(b"ET"):  # its runtime aborts the process on a foreign
             raise corrupt(path, edge_format)  # file rather than raise: check first
+        metadata, shape = exported_metadata(path, read_zip_metadata(path, "--executorch"), edge_format)
+        require_runtime(path, edge_format)
         from utils.deploy.edge import import_executorch_runtime
 
         try:
@@ -174,8 +191,7 @@ class ExecuTorchInferenceModel(ArrayInferenceModel):
         except Exception as error:
             LOGGER.debug("ExecuTorch could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None
-        metadata = read_zip_metadata(path)
-        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
+        super().__init__(path, metadata, device, shape)
         self.int8 = metadata.get("precision") == "int8"
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
@@ -200,7 +216,8 @@ class MnnInferenceModel(ArrayInferenceModel):
         except Exception as error:  # SystemError for a broken file, JSONDecodeError for a foreign one
             LOGGER.debug("MNN could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None
-        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
+        metadata, shape = exported_metadata(path, metadata, edge_format)
+        super().__init__(path, metadata, device, shape)
         self.expr = MNN.expr
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
@@ -231,7 +248,8 @@ class CoreMLInferenceModel(ArrayInferenceModel):
         except Exception as error:
             LOGGER.debug("coremltools could not load %s: %s", path, error)
             raise corrupt(path, edge_format) from None
-        super().__init__(path, metadata, device, static_shape(path, metadata, edge_format))
+        metadata, shape = exported_metadata(path, metadata, edge_format)
+        super().__init__(path, metadata, device, shape)
 
     def run_array(self, array: np.ndarray) -> np.ndarray:
         return np.asarray(self.mlmodel.predict({"images": array})["output"], dtype=np.float32)

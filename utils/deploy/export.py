@@ -4,6 +4,7 @@ Checking what was written against PyTorch is utils.deploy.verify's job."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -32,6 +33,12 @@ def model_metadata(model: nn.Module) -> dict[str, Any]:
     return {"names": list(model.names), "nc": int(model.nc), "stride": stride, "deploy": True}
 
 
+def export_copy(model: nn.Module) -> nn.Module:
+    """A float32 copy of ``model`` on the CPU in eval mode, for an exporter to trace and convert: exporting
+    leaves the caller's model (its device, dtype, mode and weights) as it was."""
+    return copy.deepcopy(model).float().cpu().eval()
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -40,16 +47,16 @@ def export_onnx(
     dynamic: bool = False,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Export ``model`` (eval mode) to ``path`` and check it with onnx.checker.
+    """Export ``model`` (a float32 CPU copy in eval mode, export_copy) to ``path`` and check it with
+    onnx.checker.
 
     img_hw: (height, width) of the example input; with ``dynamic`` batch, height and width are
     free axes, otherwise the graph takes exactly (1, 3, height, width).
     metadata: extra key/values stored as strings (JSON for non-strings) in metadata_props.
     """
     path = Path(path)
-    model = model.eval()
-    device = next(model.parameters()).device
-    example = torch.zeros(1, 3, *img_hw, device=device)
+    model = export_copy(model)
+    example = torch.zeros(1, 3, *img_hw)
     dynamic_axes = None
     if dynamic:
         dynamic_axes = {
@@ -80,12 +87,13 @@ def export_onnx(
     return path
 
 
-def export_openvino(onnx_path: Path) -> Path:
-    """Convert an ONNX export to an OpenVINO IR (FP32 weights) at openvino_xml_path, with the ONNX file's
-    metadata (names, stride, input size) as metadata.yaml beside the .xml. Returns the .xml path."""
+def export_openvino(onnx_path: Path, xml: Path | None = None) -> Path:
+    """Convert an ONNX export to an OpenVINO IR (FP32 weights) at ``xml`` (default: openvino_xml_path), with
+    the ONNX file's metadata (names, stride, input size) as metadata.yaml beside the .xml. Returns the .xml
+    path."""
     import openvino as ov
 
-    xml = openvino_xml_path(onnx_path)
+    xml = xml or openvino_xml_path(onnx_path)
     xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
     write_folder_metadata(xml.parent, read_metadata(onnx.load(str(onnx_path), load_external_data=False)))

@@ -57,6 +57,11 @@ def openvino_folder(onnx_path: Path) -> Path:
     return onnx_path.with_name(f"{onnx_path.stem}_openvino_model")
 
 
+def int8_onnx_path(onnx_path: Path) -> Path:
+    """The INT8 model of an ONNX export (convert.py --int8): best_fused.onnx -> best_fused_int8.onnx."""
+    return onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
+
+
 def openvino_xml_path(onnx_path: Path) -> Path:
     """The IR of an ONNX export: best_fused.onnx -> best_fused_openvino_model/best_fused.xml."""
     return openvino_folder(onnx_path) / f"{onnx_path.stem}.xml"
@@ -67,15 +72,16 @@ def write_folder_metadata(folder: Path, metadata: dict[str, Any]) -> Path:
 
 
 def read_folder_metadata(folder: Path, model_file: str, flag: str) -> dict[str, Any]:
-    """The metadata.yaml in an exported model's folder. Raises WeightsError when it is missing or
-    unreadable, naming convert.py's ``flag`` that writes such a folder."""
+    """The metadata.yaml in an exported model's folder. Raises WeightsError when it is missing, unreadable
+    or malformed (check_metadata), naming convert.py's ``flag`` that writes such a folder."""
     metadata_file = folder / FOLDER_METADATA
     if not metadata_file.is_file():
         raise WeightsError(
             f"{folder} has no {FOLDER_METADATA} beside {model_file}, so it was not exported by RepYOLO; "
             f"export the checkpoint with convert.py {flag}."
         )
-    return load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
+    metadata = load_yaml_mapping(metadata_file, WeightsError, "export metadata (names, stride)")
+    return check_metadata(folder, metadata, flag)
 
 
 def with_zip_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
@@ -87,10 +93,68 @@ def with_zip_metadata(content: bytes, metadata: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def read_zip_metadata(path: Path) -> dict[str, Any] | None:
-    """The metadata appended by with_zip_metadata, or None when the file carries none."""
+def read_zip_metadata(path: Path, flag: str) -> Any:
+    """The metadata appended by with_zip_metadata, as its JSON holds it (check_metadata checks it); None when
+    the file carries none (no zip at its end, or one without metadata.json). WeightsError (one sentence naming
+    the file and convert.py's ``flag`` that re-exports it) when the zip is there but damaged or its
+    metadata.json is not JSON."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(ZIP_METADATA))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError):
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # no zip at its end: not written by RepYOLO
         return None
+    with archive:
+        if ZIP_METADATA not in archive.namelist():
+            return None
+        try:
+            text = archive.read(ZIP_METADATA)
+        except Exception as error:  # a damaged member: BadZipFile (CRC), zlib.error, EOFError, ...
+            raise malformed(path, f"the zip at its end is damaged ({error})", flag) from None
+    return parse_json_metadata(path, text, ZIP_METADATA, flag)
+
+
+def parse_json_metadata(path: Path, text: str | bytes, where: str, flag: str) -> Any:
+    """The JSON ``text`` of the metadata of ``path`` (``where``: where in the file it is, for the sentence);
+    WeightsError when it is not JSON."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise malformed(path, f"its {where} is not JSON", flag) from None
+
+
+def check_metadata(path: Path, metadata: Any, flag: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``metadata`` as read from the export ``path``, once it is a mapping that has the ``required`` entries
+    and whose entries that the loaders read have their types: class names a list of strings, stride a
+    positive whole number, img_size two of them. WeightsError (one sentence naming the file, the entry and
+    convert.py's ``flag``) otherwise: a hand-edited or damaged file must not reach the loader as a
+    TypeError."""
+    if not isinstance(metadata, dict):
+        raise malformed(path, f"it is {shown(metadata)}, not a mapping of names, stride and input size", flag)
+    missing = [key for key in required if key not in metadata]
+    if missing:
+        raise malformed(path, f"it has no {' and no '.join(missing)}", flag)
+    names, stride, img_size = metadata.get("names"), metadata.get("stride"), metadata.get("img_size")
+    if "names" in metadata and not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise malformed(path, f"names is {shown(names)}, not a list of class names", flag)
+    if "stride" in metadata and not positive_whole(stride):
+        raise malformed(path, f"stride is {shown(stride)}, not a positive whole number", flag)
+    if "img_size" in metadata and not (
+        isinstance(img_size, list) and len(img_size) == 2 and all(map(positive_whole, img_size))
+    ):
+        raise malformed(path, f"img_size is {shown(img_size)}, not [height, width] in pixels", flag)
+    return metadata
+
+
+def positive_whole(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and value > 0 and float(value).is_integer()
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def malformed(path: Path, problem: str, flag: str) -> WeightsError:
+    return WeightsError(
+        f"{path} carries malformed RepYOLO metadata ({problem}); re-export it with convert.py {flag}."
+    )

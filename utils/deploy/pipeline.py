@@ -1,6 +1,12 @@
 """Deployment as steps, each returning what it wrote and how that checked out against PyTorch: fuse and
-save (utils.deploy.fuse), then the ONNX graph (write_onnx), the OpenVINO IR (write_openvino) and the INT8
-models (write_int8). convert.py checks its arguments and wires these steps; Python code can call them."""
+save (utils.deploy.fuse), then the ONNX graph (write_onnx), the OpenVINO IR (write_openvino), the INT8
+models (write_int8) and the edge formats (write_edge). convert.py checks its arguments and wires these
+steps; Python code can call them.
+
+Each artefact is written under a temporary name, checked there and only then published under its final name
+(utils.deploy.staging), so a refused one is never where val.py, detect.py or serve.py would load it; the steps
+after the ONNX graph read the published graph. No step changes the caller's model: the exporters convert a
+float32 CPU copy of it (utils.deploy.export.export_copy)."""
 
 from __future__ import annotations
 
@@ -13,11 +19,13 @@ import torch
 from torch import nn
 
 from utils.deploy.backend import load_inference_model
-from utils.deploy.export import export_onnx, export_openvino, model_metadata
+from utils.deploy.export import export_copy, export_onnx, export_openvino, model_metadata
 from utils.deploy.graph import decode_tail_nodes
 from utils.deploy.metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
+    int8_onnx_path,
+    openvino_folder,
     openvino_xml_path,
     read_metadata,
     write_folder_metadata,
@@ -30,6 +38,7 @@ from utils.deploy.partial_quantization import (
     quantize_openvino_within,
 )
 from utils.deploy.quantize import quantize_onnx, quantize_openvino
+from utils.deploy.staging import Release, staged_base
 from utils.deploy.verify import (
     MAX_ONNX_RELATIVE_ERROR,
     OnnxCheck,
@@ -81,25 +90,42 @@ class QuantizationResult:
         return "\n".join([*(check.describe() for check in self.checks), INT8_NOTE])
 
 
-def write_onnx(model: nn.Module, path: Path, images: torch.Tensor, settings: OnnxSettings) -> OnnxCheck:
-    """Export the fused ``model`` to ``path`` at the size of ``images`` and check it (check_onnx)."""
+def write_onnx(
+    model: nn.Module, path: Path, images: torch.Tensor, settings: OnnxSettings, release: Release | None = None
+) -> OnnxCheck:
+    """Export the fused ``model`` at the size of ``images``, check it (check_onnx) and publish it as ``path``
+    (through ``release``: see utils.deploy.staging)."""
+    release = release or Release()
     img_hw = tuple(images.shape[-2:])
-    export_onnx(model, path, img_hw, settings.opset, settings.dynamic, model_metadata(model))
-    return check_onnx(model, path, images, settings.runs, settings.threads)
+    with release.staged(path) as staged:
+        export_onnx(model, staged, img_hw, settings.opset, settings.dynamic, model_metadata(model))
+        return check_onnx(model, staged, images, settings.runs, settings.threads, path)
 
 
-def write_openvino(model: nn.Module, onnx_path: Path, images: torch.Tensor) -> RuntimeCheck:
-    """The OpenVINO IR of the ONNX export ``onnx_path`` (openvino_xml_path), checked against ``model``."""
-    xml = export_openvino(onnx_path)
-    return compare_with_model(model, xml.parent, images, MAX_ONNX_RELATIVE_ERROR)
+def write_openvino(
+    model: nn.Module, onnx_path: Path, images: torch.Tensor, release: Release | None = None
+) -> RuntimeCheck:
+    """The OpenVINO IR of the published ONNX export ``onnx_path``, checked against ``model`` and published as
+    openvino_folder(onnx_path), its .xml at openvino_xml_path(onnx_path)."""
+    release = release or Release()
+    folder = openvino_folder(onnx_path)
+    with release.staged(folder) as staged:
+        export_openvino(onnx_path, staged / openvino_xml_path(onnx_path).name)
+        return compare_with_model(model, staged, images, MAX_ONNX_RELATIVE_ERROR, folder)
 
 
 def write_int8(
-    model: nn.Module, onnx_path: Path, images: torch.Tensor, plan: Int8Plan, openvino: bool
+    model: nn.Module,
+    onnx_path: Path,
+    images: torch.Tensor,
+    plan: Int8Plan,
+    openvino: bool,
+    release: Release | None = None,
 ) -> QuantizationResult:
-    """The INT8 ONNX model beside ``onnx_path`` (<stem>_int8.onnx) and, with ``openvino``, the INT8 IR of
-    the FP32 IR that write_openvino wrote, each checked against ``model`` on ``images``; the head stays
-    float (see utils.deploy.quantize)."""
+    """The INT8 ONNX model beside ``onnx_path`` (int8_onnx_path) and, with ``openvino``, the INT8 IR of
+    the FP32 IR that write_openvino published, each checked against ``model`` on ``images`` and then
+    published; the head stays float (see utils.deploy.quantize)."""
+    release = release or Release()
     fp32 = onnx.load(str(onnx_path))
     kept = decode_tail_nodes(fp32)
     files = plan.calibration
@@ -108,27 +134,30 @@ def write_int8(
     target = None
     if plan.validation is not None:
         target = accuracy_target(onnx_path, plan.validation, img_size, plan.max_drop)
-    int8_onnx = onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
+    int8_onnx = int8_onnx_path(onnx_path)
     result = QuantizationResult([])
-    if target is None:
-        quantize_onnx(onnx_path, int8_onnx, files, img_size)
-    else:
-        result.bounded["onnx"] = quantize_onnx_within(onnx_path, int8_onnx, files, img_size, target)
-        LOGGER.info(result.bounded["onnx"].describe())
-    result.checks.append(compare_with_model(model, int8_onnx, images, None))
+    with release.staged(int8_onnx) as staged:
+        if target is None:
+            quantize_onnx(onnx_path, staged, files, img_size)
+        else:
+            result.bounded["onnx"] = quantize_onnx_within(onnx_path, staged, files, img_size, target)
+            LOGGER.info(result.bounded["onnx"].describe())
+        result.checks.append(compare_with_model(model, staged, images, None, int8_onnx))
     if not openvino:
         return result
-    int8_xml = openvino_xml_path(int8_onnx)
+    folder = openvino_folder(int8_onnx)
     metadata = read_metadata(fp32)  # the INT8 graph carries the FP32 file's metadata (quantize_onnx)
-    if target is None:
-        quantize_openvino(openvino_xml_path(onnx_path), int8_xml, files, img_size, kept)
-    else:
-        result.bounded["openvino"] = quantize_openvino_within(
-            openvino_xml_path(onnx_path), int8_xml, files, img_size, kept, target, metadata
-        )
-        LOGGER.info(result.bounded["openvino"].describe())
-    write_folder_metadata(int8_xml.parent, metadata)
-    result.checks.append(compare_with_model(model, int8_xml.parent, images, None))
+    with release.staged(folder) as staged:
+        int8_xml = staged / openvino_xml_path(int8_onnx).name
+        if target is None:
+            quantize_openvino(openvino_xml_path(onnx_path), int8_xml, files, img_size, kept)
+        else:
+            result.bounded["openvino"] = quantize_openvino_within(
+                openvino_xml_path(onnx_path), int8_xml, files, img_size, kept, target, metadata
+            )
+            LOGGER.info(result.bounded["openvino"].describe())
+        write_folder_metadata(staged, metadata)
+        result.checks.append(compare_with_model(model, staged, images, None, folder))
     return result
 
 
@@ -198,13 +227,15 @@ def edge_inputs(
     plan: Int8Plan | None,
     kept: list[str] = (),
 ):
-    """What the edge writers get (utils.deploy.edge.EdgeInputs): the fused model on the CPU, one image as
-    the example input, the metadata the ONNX graph carries, with ``plan`` its calibration images, and the
-    convolutions ``kept`` float (ONNX node names: what ONNX Runtime's --max-drop search kept float)."""
+    """What the edge writers get (utils.deploy.edge.EdgeInputs): a float32 CPU copy of the fused model in eval
+    mode (export_copy: the writers trace, export and quantize it, and the checks still compare against the
+    caller's model where it is), one image as the example input, the metadata the ONNX graph carries, with
+    ``plan`` its calibration images, and the convolutions ``kept`` float (ONNX node names: what ONNX
+    Runtime's --max-drop search kept float)."""
     from utils.deploy.edge import EdgeInputs, module_of_onnx_node
     from utils.deploy.quantize import calibration_batches
 
-    model = model.float().cpu().eval()
+    model = export_copy(model)
     example = images[:1].cpu()
     img_hw = list(example.shape[-2:])
     metadata = model_metadata(model) | {"dynamic": False, "img_size": img_hw}
@@ -227,14 +258,17 @@ def write_edge(
     onnx_path: Path | None,
     plan,
     kept=(),
+    release: Release | None = None,
 ) -> EdgeResult:
     """Write the edge formats ``flags`` (keys of utils.deploy.edge.EDGE_FORMATS) of the fused ``model``
-    beside ``base`` (the fused checkpoint without its suffix) and check each against ``model`` on
-    ``images``: FP32 within MAX_ONNX_RELATIVE_ERROR, FP16 within MAX_FLOAT16_RELATIVE_ERROR, INT8 by its
-    mAP50-95 when ``plan`` has a max_drop (against the FP32 ONNX graph ``onnx_path``), with the
-    convolutions ``kept`` float that ONNX Runtime's search kept float (their ONNX node names)."""
+    beside ``base`` (the fused checkpoint without its suffix), check each against ``model`` on ``images``
+    (check_edge; INT8 also by its mAP50-95 when ``plan`` has a max_drop, against the published FP32 ONNX
+    graph ``onnx_path``, with the convolutions ``kept`` float that ONNX Runtime's search kept float: their
+    ONNX node names), and publish each once it passed. A writer writes all of its format's artefacts at
+    once, under a temporary base; they are checked and published one by one."""
     from utils.deploy.edge import EDGE_FORMATS, WRITERS, quiet_native_output
 
+    release = release or Release()
     inputs = edge_inputs(model, images, onnx_path, plan, list(kept))
     result = EdgeResult()
     target = None
@@ -243,32 +277,43 @@ def write_edge(
         reference = target.score(load_inference_model(onnx_path), target.batches)
     for flag in flags:
         LOGGER.info("Writing %s ...", EDGE_FORMATS[flag].title)
-        with quiet_native_output():
-            artefacts = WRITERS[flag](inputs, base)
-        for written in artefacts:
-            if flag == "coreml":
-                result.checks.append(check_coreml_spec(model, written.path))
-                continue
-            limits = {"float32": MAX_ONNX_RELATIVE_ERROR, "float16": MAX_FLOAT16_RELATIVE_ERROR}
-            limit = limits.get(written.precision)  # None for INT8: judged by its mAP
-            result.checks.append(compare_with_model(model, written.path, images, limit))
-            result.int8 |= written.precision == "int8"
-            if written.precision == "int8" and target is not None:
-                bounded = bounded_edge_int8(written.path, target, reference, list(kept))
-                result.bounded[str(written.path)] = bounded
+        with staged_base(base) as temporary:
+            with quiet_native_output():
+                artefacts = WRITERS[flag](inputs, temporary)
+            for written in artefacts:
+                final = base.with_name(base.name + written.path.name.removeprefix(temporary.name))
+                with release.staged(final, written.path):
+                    result.checks.append(check_edge(model, flag, written, images, final))
+                    if written.precision == "int8" and target is not None:
+                        bounded = bounded_edge_int8(written.path, final, target, reference, list(kept))
+                        result.bounded[str(final)] = bounded
+                result.int8 |= written.precision == "int8"
     return result
 
 
-def bounded_edge_int8(path: Path, target: AccuracyTarget, reference: float, kept: list[str]) -> BoundedResult:
-    """The INT8 artefact's mAP50-95 on the target's batches against the FP32 ONNX graph's (``reference``);
-    ConversionError when the drop is over the bound (the layer search is ONNX Runtime's: its choice of float
-    convolutions is applied here, not searched again)."""
+def check_edge(model: nn.Module, flag: str, written, images: torch.Tensor, final: Path):
+    """The check of an edge artefact ``written`` (utils.deploy.edge.Written, under its temporary name;
+    ``final``: its final path) against ``model``: CoreML's spec (check_coreml_spec); FP32 within
+    MAX_ONNX_RELATIVE_ERROR, FP16 within MAX_FLOAT16_RELATIVE_ERROR, INT8 measured only (its mAP judges
+    it)."""
+    if flag == "coreml":
+        return check_coreml_spec(model, written.path, final)
+    limits = {"float32": MAX_ONNX_RELATIVE_ERROR, "float16": MAX_FLOAT16_RELATIVE_ERROR}
+    return compare_with_model(model, written.path, images, limits.get(written.precision), final)
+
+
+def bounded_edge_int8(
+    path: Path, final: Path, target: AccuracyTarget, reference: float, kept: list[str]
+) -> BoundedResult:
+    """The INT8 artefact's mAP50-95 (``path``, to be published as ``final``) on the target's batches against
+    the FP32 ONNX graph's (``reference``); ConversionError when the drop is over the bound (the layer search
+    is ONNX Runtime's: its choice of float convolutions is applied here, not searched again)."""
     score = target.score(load_inference_model(path), target.batches)
-    label = f"{path.name} (against the FP32 ONNX graph)"
+    label = f"{final.name} (against the FP32 ONNX graph)"
     result = BoundedResult(label, target.max_drop, reference, score, kept)
     if result.drop > target.max_drop:
         raise ConversionError(
-            f"{path} scores mAP50-95 {score:.2f}, {result.drop:.2f} points under the FP32 ONNX graph's "
+            f"{final} scores mAP50-95 {score:.2f}, {result.drop:.2f} points under the FP32 ONNX graph's "
             f"{reference:.2f} at the same input, over --max-drop {target.max_drop:g} with the convolutions "
             "ONNX Runtime's search kept float also float here; deploy its float artefact or the ONNX "
             "Runtime or OpenVINO INT8 model."
@@ -276,11 +321,13 @@ def bounded_edge_int8(path: Path, target: AccuracyTarget, reference: float, kept
     return result
 
 
-def check_coreml_spec(model: nn.Module, path: Path) -> SpecCheck:
+def check_coreml_spec(model: nn.Module, path: Path, name: Path | None = None) -> SpecCheck:
     """Read back the written ML Program's spec: one input 'images' of the example's shape, one output,
-    as many convolutions as the fused model has. ConversionError when it is not so."""
+    as many convolutions as the fused model has. ConversionError when it is not so. name: as
+    compare_with_model's."""
     from utils.deploy.edge import import_coremltools
 
+    name = name or path
     spec = import_coremltools().models.MLModel(str(path), skip_model_load=True).get_spec()
     inputs = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
     outputs = [o.name for o in spec.description.output]
@@ -290,7 +337,7 @@ def check_coreml_spec(model: nn.Module, path: Path) -> SpecCheck:
     expected = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     if list(inputs) != [INPUT_NAME] or outputs != [OUTPUT_NAME] or convolutions != expected:
         raise ConversionError(
-            f"{path} declares inputs {list(inputs)}, outputs {outputs} and {convolutions} convolutions, not "
-            f"'{INPUT_NAME}', '{OUTPUT_NAME}' and the fused model's {expected}; do not deploy it."
+            f"{name} declares inputs {list(inputs)}, outputs {outputs} and {convolutions} convolutions, not "
+            f"'{INPUT_NAME}', '{OUTPUT_NAME}' and the fused model's {expected}; report the model's config."
         )
-    return SpecCheck(str(path), "coreml", inputs, outputs, convolutions, sum(op != "const" for op in ops))
+    return SpecCheck(str(name), "coreml", inputs, outputs, convolutions, sum(op != "const" for op in ops))

@@ -77,44 +77,50 @@ def deviation(model: nn.Module, runtime: InferenceModel, images: torch.Tensor) -
 
 
 def compare_with_model(
-    model: nn.Module, weights: Path, images: torch.Tensor, limit: float | None
+    model: nn.Module, weights: Path, images: torch.Tensor, limit: float | None, name: Path | None = None
 ) -> RuntimeCheck:
     """Run an exported artefact (any weights load_inference_model takes) and the PyTorch model on
     ``images``. limit: the relative error above which the export is refused (None for INT8, whose
-    deviation is the quantization's and is judged by its mAP)."""
+    deviation is the quantization's and is judged by its mAP). name: the artefact's final path, which the
+    check and its refusal name, where ``weights`` is the temporary name it is checked under
+    (utils.deploy.staging)."""
+    name = name or weights
     runtime = load_inference_model(weights, "cpu")
     max_abs, max_rel = deviation(model, runtime, images)
     if limit is not None and not max_rel <= limit:
         raise ConversionError(
-            f"{weights} differs from PyTorch by relative error {max_rel:.3g} (limit {limit:g}); "
-            "do not deploy it."
+            f"{name} differs from PyTorch by relative error {max_rel:.3g} (limit {limit:g}); "
+            "report the model's config and the converter's version."
         )
-    return RuntimeCheck(str(weights), runtime.kind, max_abs, max_rel)
+    return RuntimeCheck(str(name), runtime.kind, max_abs, max_rel)
 
 
-def check_onnx(model: nn.Module, path: Path, images: torch.Tensor, runs: int, threads: int = 0) -> OnnxCheck:
+def check_onnx(
+    model: nn.Module, path: Path, images: torch.Tensor, runs: int, threads: int = 0, name: Path | None = None
+) -> OnnxCheck:
     """Check the ONNX export ``path`` of ``model``: no BatchNormalization nor branch Add left, onnxruntime
     within MAX_ONNX_RELATIVE_ERROR of PyTorch on ``images``; then time both at batch 1 (``runs`` timed
-    calls, ``threads`` CPU threads, 0: defaults)."""
+    calls, ``threads`` CPU threads, 0: defaults). name: as compare_with_model's."""
+    name = name or path
     graph = onnx.load(str(path))
     counts, add_kinds = count_ops(graph), classify_add_nodes(graph)
     if counts.get("BatchNormalization", 0) or add_kinds["branch"]:
         raise ConversionError(
-            f"{path} still has {counts.get('BatchNormalization', 0)} BatchNormalization and "
+            f"{name} still has {counts.get('BatchNormalization', 0)} BatchNormalization and "
             f"{add_kinds['branch']} branch Add nodes; the model is not fully fused — report its config."
         )
     session = load_inference_model(path, "cpu", threads=threads)
     max_abs, max_rel = deviation(model, session, images)
     if not max_rel <= MAX_ONNX_RELATIVE_ERROR:
         raise ConversionError(
-            f"onnxruntime output of {path} differs from PyTorch by relative error {max_rel:.3g} "
-            f"(limit {MAX_ONNX_RELATIVE_ERROR:g}); do not deploy it — try another ONNX opset."
+            f"onnxruntime output of {name} differs from PyTorch by relative error {max_rel:.3g} "
+            f"(limit {MAX_ONNX_RELATIVE_ERROR:g}); try another ONNX opset."
         )
     single = images[:1]
     calls = {"pytorch": channels_last_call(model, single), "onnxruntime": lambda: session(single.cpu())}
     latency = interleaved_latency(calls, runs, threads)
     ops, adds = dict(counts), dict(add_kinds)
-    return OnnxCheck(str(path), exported_as(graph), ops, adds, max_abs, max_rel, latency, threads)
+    return OnnxCheck(str(name), exported_as(graph), ops, adds, max_abs, max_rel, latency, threads)
 
 
 def exported_as(onnx_model: onnx.ModelProto) -> str:
