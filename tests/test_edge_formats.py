@@ -7,6 +7,7 @@ runtime named with the requirements file. A format whose packages are not instal
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import io
 import json
@@ -248,12 +249,20 @@ def test_mnn_converts_without_its_script_that_sends_usage_logs_and_pip_installs(
 def test_a_missing_converter_is_one_sentence_naming_the_package_and_the_requirements_file(
     weights, monkeypatch
 ):
+    """Only pnnx missing, whatever this machine has installed: ncnn, the format's other package, is made
+    to look installed, so the sentence is the same on requirements-dev.txt alone and with every file."""
     import convert
+    from utils.deploy.edge import EDGE_FORMATS
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "pnnx" else real(name, *a)
-    )
+    others = {module for _, module in EDGE_FORMATS["ncnn"].packages} - {"pnnx"}
+
+    def find_spec(name, *args):
+        if name == "pnnx":
+            return None
+        return importlib.machinery.ModuleSpec(name, None) if name in others else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(
         ConversionError,
         match=r"--ncnn needs pnnx, which is not installed; pip install -r requirements-edge\.txt",
