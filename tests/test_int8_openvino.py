@@ -12,8 +12,8 @@ import pytest
 
 from utils.paths import ROOT
 
-pytest.importorskip("openvino")
-pytest.importorskip("nncf")
+pytest.importorskip("openvino", reason="OpenVINO INT8 needs pip install -r requirements-deploy.txt")
+pytest.importorskip("nncf", reason="NNCF INT8 needs pip install -r requirements-deploy.txt")
 
 
 CHECKS = ROOT / "tests" / "openvino_checks.py"
