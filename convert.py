@@ -60,7 +60,7 @@ class ConvertOptions:
     output: str | Path | None = option(None, "fused checkpoint path (default: <stem>_fused.pt beside it)")
     img_size: int | None = option(
         None, "verification and ONNX input size (default: the training image size, else 640)",
-        "--img", "--img-size", type=int,
+        "--img", "--img-size", "--imgsz", type=int,
     )  # fmt: skip
     onnx: bool = option(False, "also export <output stem>.onnx and check it")
     opset: int = option(17, "ONNX opset")

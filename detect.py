@@ -53,7 +53,7 @@ class DetectOptions:
     source: str | Path = option("data/images", "image, folder, glob, .txt list or video")
     img_size: int | list[int] | None = option(
         None, "h [w] (default: the size the model was trained or exported at, else 640)",
-        "--img", "--img-size", nargs="+", type=int,
+        "--img", "--img-size", "--imgsz", nargs="+", type=int,
     )  # fmt: skip
     conf_thres: float = option(0.25, None)
     iou_thres: float = option(0.45, None)

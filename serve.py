@@ -60,7 +60,7 @@ class ServeOptions:
     )  # fmt: skip
     img_size: int | list[int] | None = option(
         None, "h [w] (default: the size the model was trained or exported at, else 640)",
-        "--img", "--img-size", nargs="+", type=int,
+        "--img", "--img-size", "--imgsz", nargs="+", type=int,
     )  # fmt: skip
     conf_thres: float = option(
         0.25, "default score threshold (a request may pass conf=)", "--conf", "--conf-thres"

@@ -69,7 +69,7 @@ class ValOptions:
     data: str | Path | None = option(None, "dataset YAML (default: the bundled synthetic dataset)")
     img_size: int | None = option(
         None, "inference size in pixels (default 640, or the bundled dataset's size without --data)",
-        "--img", "--img-size", type=int,
+        "--img", "--img-size", "--imgsz", type=int,
     )  # fmt: skip
     batch_size: int = option(32, None)
     conf_thres: float = option(0.001, None)
