@@ -60,6 +60,16 @@ def load_model_yaml(cfg: str | Path | dict) -> tuple[dict, str]:
     return config, source
 
 
+def with_anchor_count(cfg: str | Path | dict, per_level: int) -> dict:
+    """The model config with ``per_level`` placeholder anchors on each of its output levels, as yolov5's
+    ``anchors`` hyperparameter asks: they fit no box, so AutoAnchor replaces them with anchors computed from
+    the training labels (k-means, then evolution)."""
+    config, _ = load_model_yaml(cfg)
+    levels = len(config.get("anchors") or DEFAULT_ANCHORS)
+    config["anchors"] = [[float(v) for v in range(1, 2 * per_level + 1)] for _ in range(levels)]
+    return config
+
+
 def _substitute(arg: Any, config: dict) -> Any:
     # 'nc' and 'anchors' in args name the top-level keys; nothing is ever eval'd.
     if isinstance(arg, str) and arg in ("nc", "anchors"):

@@ -23,12 +23,12 @@ def test_parameter_groups_cover_every_parameter_once_with_decay_only_on_weights(
     biases, weights, norm_weights = parameter_groups(net)
     assert {id(p) for p in biases + weights + norm_weights} == {id(p) for p in net.parameters()}
     assert len(biases) == 2 and len(weights) == 2 and len(norm_weights) == 1
-    for name in ("SGD", "AdamW"):
+    for name in ("SGD", "Adam", "AdamW"):
         optimizer = build_optimizer(net, name, lr=0.01, momentum=0.9, weight_decay=1e-3)
         assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 1e-3, 0.0]
     assert build_optimizer(net, "SGD").param_groups[0]["nesterov"]
-    with pytest.raises(ValueError, match="optimizer 'Adam' is unknown; use 'SGD' or 'AdamW'"):
-        build_optimizer(net, "Adam")
+    with pytest.raises(ValueError, match="optimizer 'LAMB' is unknown; use one of SGD, Adam, AdamW"):
+        build_optimizer(net, "LAMB")
 
 
 def test_accumulation_is_capped_for_small_datasets():

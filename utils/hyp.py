@@ -49,6 +49,9 @@ class Hyp:
     fliplr: float = 0.5  # probability of a left-right flip
     mosaic: float = 1.0  # probability of a 4-image mosaic
     mixup: float = 0.0  # probability of mixup
+    # model: anchors per output level, which AutoAnchor then computes from the training labels (yolov5's
+    # key, rounded as yolov5 rounds it); 0 keeps the model YAML's anchors
+    anchors: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

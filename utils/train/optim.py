@@ -44,17 +44,23 @@ def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
     return biases, weights, norm_weights
 
 
+OPTIMIZERS = ("SGD", "Adam", "AdamW")  # yolov5's --optimizer choices
+
+
 def build_optimizer(
     model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937, weight_decay: float = 5e-4
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, or AdamW (beta1 = momentum); weight decay only on group 1."""
+    """SGD with Nesterov momentum, Adam or AdamW (beta1 = momentum); weight decay only on group 1 (for Adam
+    the L2 penalty added to the gradient, for AdamW the decoupled decay)."""
     biases, weights, norm_weights = parameter_groups(model)
     if name == "SGD":
         optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name == "Adam":
+        optimizer = torch.optim.Adam(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     elif name == "AdamW":
         optimizer = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
-        raise ConfigError(f"optimizer {name!r} is unknown; use 'SGD' or 'AdamW'.")
+        raise ConfigError(f"optimizer {name!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
     optimizer.add_param_group({"params": weights, "weight_decay": weight_decay})
     optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
     LOGGER.info(

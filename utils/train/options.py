@@ -14,6 +14,7 @@ from utils.cli import device_option, exist_ok_option, name_option, option, proje
 from utils.data.config import bundled_defaults
 from utils.errors import CheckpointError, ConfigError
 from utils.paths import latest_run
+from utils.train.optim import OPTIMIZERS
 
 LOGGER = logging.getLogger(__name__)
 # What yolov5 users expect when they bring their own dataset; the bundled dataset's YAML has its own.
@@ -57,10 +58,20 @@ class TrainOptions:
     repeat: int = option(
         0, "passes over the training set per epoch (default 0: enough for 16 batches; 1: one pass)"
     )  # see utils.train.optim.epoch_repeats
-    optimizer: str = option("SGD", None, choices=["SGD", "AdamW"])
+    optimizer: str = option("SGD", None, choices=list(OPTIMIZERS))
     cos_lr: bool = option(False, "cosine learning-rate decay (default: linear)")
     patience: int = option(100, "early stop after N epochs without improvement")
-    freeze: int = option(0, "freeze the first N layers")
+    freeze: list[int] = option(
+        [0], "freeze layers: one number N freezes the first N (backbone=10), several freeze those indices "
+        "(first3=0 1 2)", nargs="+", type=int,
+    )  # fmt: skip
+    noval: bool = option(False, "validate the final epoch only")
+    nosave: bool = option(False, "save the final checkpoint only")
+    save_period: int = option(-1, "also save weights/epoch{N}.pt every N epochs (-1: never)")
+    noautoanchor: bool = option(False, "keep the model's anchors: no AutoAnchor check")
+    label_smoothing: float | None = option(
+        None, "label smoothing epsilon (default: the hyp file's label_smoothing, else 0)", type=float
+    )
     sync_bn: bool = option(False, "SyncBatchNorm under multi-GPU DDP")
     plots: bool = option(True, "save no plot files", "--noplots", action="store_false")
     tensorboard: bool = option(
@@ -73,6 +84,14 @@ class TrainOptions:
         "--no-amp",
         action="store_false",
     )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.freeze, int):  # a checkpoint from before --freeze took a list, or Python code
+            self.freeze = [self.freeze]
+
+    def frozen_layers(self) -> list[int]:
+        """The indices of the layers --freeze names: one number N is range(N), several are those."""
+        return list(range(self.freeze[0])) if len(self.freeze) == 1 else sorted(set(self.freeze))
 
     def to_dict(self) -> dict[str, Any]:
         return {key: str(value) if isinstance(value, Path) else value for key, value in vars(self).items()}
@@ -109,8 +128,14 @@ class TrainOptions:
             raise ConfigError(
                 f"repeat is {self.repeat!r}; it must be a whole number: passes per epoch, or 0 for automatic."
             )
-        if self.optimizer not in ("SGD", "AdamW"):
-            raise ConfigError(f"optimizer {self.optimizer!r} is unknown; use 'SGD' or 'AdamW'.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
+        if any(not isinstance(index, int) or index < 0 for index in self.freeze):
+            raise ConfigError(f"freeze is {self.freeze!r}; give layer indices (whole numbers, 0 or more).")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"label_smoothing is {self.label_smoothing}; give an epsilon from 0 to below 1."
+            )
 
 
 def resume_options(options: TrainOptions) -> tuple[TrainOptions, dict, Path]:

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -15,7 +16,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.yolo import Model
+from models.yolo import Model, with_anchor_count
 from utils.checkpoint import (
     final_checkpoint,
     grow_from_checkpoint,
@@ -56,6 +57,9 @@ from utils.train.tensorboard import TensorBoardLogger
 
 LOGGER = logging.getLogger(__name__)
 
+# What an epoch that --noval does not validate reports, as yolov5 reports it: zeros.
+NOT_VALIDATED = SimpleNamespace(precision=0.0, recall=0.0, map50=0.0, map50_95=0.0)
+
 
 def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
     """Train; returns {"save_dir", "best", "last", "epochs_done", "finished", "best_fitness",
@@ -86,7 +90,8 @@ def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
     # weights are read, grown and checked before the run folder exists: a bad file writes nothing
     start = None
     if options.weights and resume_ckpt is None:
-        start = _transfer_weights(options.weights, options.cfg, data_config["nc"])
+        anchors = anchors_per_level(load_hyp(options.hyp))
+        start = _transfer_weights(options.weights, options.cfg, data_config["nc"], anchors)
     if resume_ckpt is None and context.is_main:
         save_dir = new_run_folder(options)
     init_seeds(options.seed + 1 + context.rank)
@@ -122,24 +127,33 @@ def scale_loss_gains(hyp: Hyp, nl: int, nc: int, img_size: int) -> Hyp:
     )
 
 
+def anchors_per_level(hyp: Hyp) -> int:
+    """The hyp's ``anchors`` as yolov5 reads it: rounded to anchors per output level, 0 for the model's."""
+    return max(round(hyp.anchors), 0)
+
+
 def build_model(
     options: TrainOptions,
     nc: int,
     names: list[str],
     resume_ckpt: dict | None,
-    branch_gamma: float = Hyp.rep_branch_gamma,
+    hyp: Hyp | None = None,
     start: Model | None = None,
 ) -> Model:
     """A model from the resumed run, the weights (`start`: see _transfer_weights) or the cfg.
-    branch_gamma: the initial BN scale of the side branches of re-parameterized blocks that have them,
-    for a model trained from scratch (hyp rep_branch_gamma, whose default is this one's; 1.0 leaves them)."""
+    hyp: its rep_branch_gamma is the initial BN scale of the side branches of re-parameterized blocks that
+    have them, for a model trained from scratch (1.0 leaves them); its anchors, when set, replace the
+    model's with that many per level for AutoAnchor to compute."""
+    hyp = hyp or Hyp()
+    anchors = anchors_per_level(hyp)
     if resume_ckpt is not None:
         model = Model(resume_ckpt["model_yaml"], nc=nc)
         model.load_state_dict(resume_ckpt["raw_model"])
     elif options.weights:
-        model = start if start is not None else _transfer_weights(options.weights, options.cfg, nc)
+        model = start if start is not None else _transfer_weights(options.weights, options.cfg, nc, anchors)
     elif options.cfg:
-        model = Model(options.cfg, nc=nc)
+        model = Model(with_anchor_count(options.cfg, anchors) if anchors else options.cfg, nc=nc)
+        branch_gamma = hyp.rep_branch_gamma
         if branch_gamma != 1.0:
             for block in model.modules():
                 if hasattr(block, "init_side_branches"):
@@ -149,21 +163,24 @@ def build_model(
             "no model given; name a model YAML as cfg (e.g. repyolov5s.yaml) or a checkpoint as weights."
         )
     model.names = list(names)
-    if options.freeze > 0:
-        prefixes = tuple(f"model.{i}." for i in range(options.freeze))
+    layers = options.frozen_layers()
+    if layers:
+        prefixes = tuple(f"model.{i}." for i in layers)
         frozen = 0
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(not name.startswith(prefixes))
             frozen += not parameter.requires_grad
-        LOGGER.info(f"Froze the first {options.freeze} layers ({frozen} parameter tensors).")
+        LOGGER.info(f"Froze layers {layers} ({frozen} parameter tensors).")
     return model
 
 
-def _transfer_weights(weights: str, cfg: str, nc: int) -> Model:
+def _transfer_weights(weights: str, cfg: str, nc: int, anchors: int = 0) -> Model:
     """The cfg's model (or the checkpoint's own graph) started from a checkpoint, ours or yolov5's: see
     utils.checkpoint.grow_from_checkpoint. With a cfg the anchors are the cfg's; without, the checkpoint's
-    (possibly evolved by AutoAnchor)."""
+    (possibly evolved by AutoAnchor); with ``anchors`` (per level, the hyp's) placeholders for AutoAnchor."""
     ckpt = load_checkpoint(weights)
+    if anchors:
+        cfg = with_anchor_count(cfg or ckpt["model_yaml"], anchors)
     model, report = grow_from_checkpoint(ckpt, cfg or None, nc, source=str(weights))
     origin = " (an ultralytics/yolov5 checkpoint)" if ckpt.get("source_format") else ""
     LOGGER.info(f"Transferred from {weights}{origin}: {report.summary()}.")
@@ -188,7 +205,14 @@ class Trainer:
         self.resumed = resume_ckpt is not None
         self.finishing = bool(resume_ckpt and resume_ckpt.get("finishing"))  # killed in the end-of-run step
         self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(options.hyp)
-        model = build_model(options, data["nc"], data["names"], resume_ckpt, self.hyp.rep_branch_gamma, start)
+        if options.label_smoothing is not None:  # yolov5's flag: it overrides the hyp file
+            self.hyp = dataclasses.replace(self.hyp, label_smoothing=options.label_smoothing)
+        if options.noautoanchor and anchors_per_level(self.hyp) and not self.resumed:
+            raise ConfigError(
+                f"the hyperparameters ask for {anchors_per_level(self.hyp)} anchors per level, which "
+                "AutoAnchor computes, and --noautoanchor turns it off; drop one of the two."
+            )
+        model = build_model(options, data["nc"], data["names"], resume_ckpt, self.hyp, start)
         self.model = model.to(device, memory_format=torch.channels_last)  # see utils.train.epoch.train_step
         self.img_size = check_img_size(options.img_size, max(int(self.model.stride.max()), 32))
         if options.batch_size % context.world_size:
@@ -232,6 +256,9 @@ class Trainer:
     def _check_dataset_and_anchors(self) -> None:
         if self.options.plots:
             plot_labels(self.train_set.labels, self.data["names"], self.save_dir / "labels.jpg")
+        if self.options.noautoanchor:
+            LOGGER.info("AutoAnchor: skipped (--noautoanchor); keeping the model's anchors.")
+            return
         detect = self.model.detect
         labels, shapes = self.train_set.labels, self.train_set.shapes
         if check_anchors(detect, labels, shapes, self.img_size, self.hyp.anchor_t, seed=self.options.seed):
@@ -358,7 +385,9 @@ class Trainer:
         ema = self.step.ema
         lrs = [group["lr"] for group in self.step.optimizer.param_groups]
         ema.copy_attributes(self.model)
-        result = self._validate(ema.ema)
+        final = epoch + 1 == self.options.epochs
+        validated = not self.options.noval or final
+        result = self._validate(ema.ema) if validated else NOT_VALIDATED
         map50, map50_95 = result.map50, result.map50_95
         current = fitness(map50, map50_95)
         row = {
@@ -381,10 +410,14 @@ class Trainer:
         is_best = current >= self.best_fitness
         self.best_fitness = max(self.best_fitness, current)
         ckpt = self._checkpoint(epoch, {"mAP50": map50, "mAP50_95": map50_95})
-        if is_best:  # before last.pt: a run killed between the two then redoes this epoch
-            save_checkpoint(ckpt, self.save_dir / "weights" / "best.pt")
-        save_checkpoint(ckpt, self.save_dir / "weights" / "last.pt")
-        return stopper(epoch, current)
+        weights = self.save_dir / "weights"
+        if not self.options.nosave or final:  # --nosave: the final epoch's checkpoints only
+            if is_best:  # before last.pt: a run killed between the two then redoes this epoch
+                save_checkpoint(ckpt, weights / "best.pt")
+            save_checkpoint(ckpt, weights / "last.pt")
+        if self.options.save_period > 0 and epoch % self.options.save_period == 0:
+            save_checkpoint(ckpt, weights / f"epoch{epoch}.pt")  # yolov5's names: epoch0.pt, epoch{N}.pt...
+        return stopper(epoch, current) if validated else False
 
     def _checkpoint(self, epoch: int, results: dict) -> dict:
         """Everything a resume needs; "model" holds the EMA weights used for inference."""
