@@ -81,6 +81,11 @@ class ValOptions:
     workers: int = option(2, "dataloader worker processes")
     save_json: bool = option(False, "write COCO-format predictions.json")
     save_txt: bool = option(False, "write YOLO-format predictions to labels/")
+    save_conf: bool = option(False, "with --save-txt, a confidence column after the box (as yolov5)")
+    save_hybrid: bool = option(
+        False, "refused: yolov5's labels-plus-predictions files mix the ground truth into the predictions, "
+        "so the mAP they report is not the model's",
+    )  # fmt: skip
     verbose: bool = option(False, "print mAP per class")
     project: str | Path = project_option("runs/val")
     name: str = name_option()
@@ -91,6 +96,11 @@ class ValOptions:
 
     def check(self) -> ValOptions:
         """One sentence naming the first value that cannot work; the speed task's own settings applied."""
+        if self.save_hybrid:
+            raise ConfigError(
+                "--save-hybrid is not supported: yolov5 adds the ground-truth labels to the predictions it "
+                "scores and saves, so the mAP it then reports is not the model's; use --save-txt --save-conf."
+            )
         if self.task not in ("val", "test", "speed"):
             raise ConfigError(f"task must be val, test or speed, not {self.task!r}.")
         if self.batch_size < 1:
@@ -130,7 +140,7 @@ def run(options: ValOptions | None = None, model: InferenceModel | None = None, 
     )
     save_dir.mkdir(parents=True, exist_ok=True)
     category_ids = coco_category_ids(data_config, model.nc)
-    outputs = _Outputs(save_dir, options.save_txt, options.save_json, category_ids)
+    outputs = _Outputs(save_dir, options.save_txt, options.save_conf, options.save_json, category_ids)
     thresholds = Thresholds(options.conf_thres, options.iou_thres, options.max_det)
     speed_only, names = options.task == "speed", list(data_config["names"])
     result = evaluate(model, loader, names, thresholds, speed_only, options.quiet, on_image=outputs)
@@ -150,8 +160,10 @@ def run(options: ValOptions | None = None, model: InferenceModel | None = None, 
 class _Outputs:
     """Per-image predictions as YOLO txt files (labels/) and COCO JSON records (predictions.json)."""
 
-    def __init__(self, save_dir: Path, save_txt: bool, save_json: bool, category_ids: list[int]) -> None:
-        self.save_dir, self.category_ids = save_dir, category_ids
+    def __init__(
+        self, save_dir: Path, save_txt: bool, save_conf: bool, save_json: bool, category_ids: list[int]
+    ) -> None:
+        self.save_dir, self.category_ids, self.save_conf = save_dir, category_ids, save_conf
         self.labels_dir = save_dir / "labels" if save_txt else None
         if self.labels_dir is not None:
             self.labels_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +172,7 @@ class _Outputs:
 
     def __call__(self, det: torch.Tensor, path: str, original_hw: tuple[int, int]) -> None:
         if self.labels_dir is not None:
-            write_yolo_labels(self.labels_dir / f"{Path(path).stem}.txt", det, original_hw, save_conf=True)
+            write_yolo_labels(self.labels_dir / f"{Path(path).stem}.txt", det, original_hw, self.save_conf)
         if self.records is not None:
             self.records += coco_records(det, path, self.category_ids)
             self.image_ids.append(image_id_for(path))

@@ -19,6 +19,7 @@ import val
 from models.yolo import Model
 from tests.helpers import BOX_BAR_NAMES
 from utils.data.dataset import LoaderConfig, create_dataloader
+from utils.errors import ConfigError
 from utils.evaluation.evaluate import evaluate
 from utils.inference import InferenceModel, TorchInferenceModel
 
@@ -120,6 +121,7 @@ def test_run_with_weights_writes_everything(dataset, two_class_yolov5n_weights, 
         workers=0,
         save_json=True,
         save_txt=True,
+        save_conf=True,
         verbose=True,
         project=tmp_path / "runs",
         name="exp",
@@ -199,6 +201,24 @@ def test_zero_detections_report_zeros(dataset, two_class_yolov5n_weights, tmp_pa
     assert results["mAP50"] == 0 and results["mAP50_95"] == 0 and results["precision"] == 0
     assert results["per_class"]["bar"]["AP50"] == 0
     assert (tmp_path / "none" / "F1_curve.png").is_file() and "coco_eval" not in results
+
+
+def test_save_txt_writes_confidence_only_with_save_conf_and_save_hybrid_is_refused(
+    dataset, two_class_yolov5n_weights, tmp_path
+):
+    """As in yolov5: --save-txt rows are class and box, --save-conf adds the confidence; --save-hybrid, which
+    would score the ground truth as predictions, is one sentence."""
+    common = dict(data=dataset / "data.yaml", weights=two_class_yolov5n_weights, img_size=64, conf_thres=0.0,
+                  device="cpu", workers=0, project=tmp_path, save_txt=True, plots=False)  # fmt: skip
+    val.run(name="plain", **common)
+    rows = [
+        line.split()
+        for path in (tmp_path / "plain" / "labels").glob("*.txt")
+        for line in path.read_text().splitlines()
+    ]
+    assert rows and {len(row) for row in rows} == {5}
+    with pytest.raises(ConfigError, match="--save-hybrid is not supported"):
+        val.run(name="hybrid", save_hybrid=True, **common)
 
 
 def test_evaluate_is_the_library_function_training_calls(dataset, monkeypatch, tmp_path):
