@@ -3,19 +3,29 @@ detect.py shares with it."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image, ImageShow
 
 from utils.boxes import box_xyxy_to_xywh
 from utils.data.config import IMAGE_SUFFIXES
 from utils.errors import ConfigError
 from utils.evaluation.plots import draw_boxes
 from utils.paths import increment_path
+
+LOGGER = logging.getLogger(__name__)
+
+XYXY_COLUMNS = ("xmin", "ymin", "xmax", "ymax", "confidence", "class", "name")  # yolov5's pandas() columns
+XYWH_COLUMNS = ("xcenter", "ycenter", "width", "height", "confidence", "class", "name")
+FRAME_COLUMNS = {"xyxy": XYXY_COLUMNS, "xyxyn": XYXY_COLUMNS, "xywh": XYWH_COLUMNS, "xywhn": XYWH_COLUMNS}
 
 
 def plural(name: str, count: int) -> str:
@@ -87,6 +97,43 @@ def check_outputs_apart(outputs: Sequence[Path], inputs: Sequence[str | Path]) -
             )
 
 
+def detections_frame(detections: torch.Tensor, columns: Sequence[str], names: list[str], pandas: Any) -> Any:
+    """A pandas DataFrame of detections (n, 6) (4 box values, confidence, class): the box and confidence as
+    float64, the class as int64 and its name, under ``columns``; typed alike when there are no rows."""
+    values = detections.detach().cpu().double().numpy().reshape(-1, 6)  # (n, 6)
+    classes = values[:, 5].astype(np.int64)
+    frame = pandas.DataFrame(values[:, :5], columns=list(columns[:5]))
+    frame[columns[5]] = classes
+    frame[columns[6]] = pandas.Series([names[c] for c in classes], dtype=str)
+    return frame
+
+
+@dataclass
+class DetectionFrames:
+    """``Detections.pandas()``: per image a pandas DataFrame of its boxes, in each of the four formats, with
+    yolov5's columns (xyxy, xyxyn: XYXY_COLUMNS; xywh, xywhn: XYWH_COLUMNS)."""
+
+    xyxy: list
+    xyxyn: list
+    xywh: list
+    xywhn: list
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel; IPython is looked at only when something imported it already."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def has_display() -> bool:
+    """Whether a window can open: always on macOS and Windows, elsewhere (X11, Wayland) when the session
+    names a display."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 @dataclass
 class Failure:
     """An input a Detector call left out (errors="skip"): its position, the path or 'input N', why."""
@@ -99,10 +146,12 @@ class Failure:
 class Detections:
     """The detections of one Detector call, per image that loaded.
 
-    images: the images as BGR uint8 (H, W, 3) arrays. files: a name per image (the path it was read
-    from, a PIL image's file name, or imageN.jpg). names: class names. xyxy: per image Tensor[n, 6]
-    (x1, y1, x2, y2 in original pixels, confidence, class), highest confidence first; xywh has
-    (center x, center y, width, height) instead, xyxyn and xywhn are normalized by the image size.
+    images: the images as BGR uint8 (H, W, 3) arrays whatever the input's order, as OpenCV letterboxes,
+    draws and writes them (yolov5 keeps RGB here), so ``render()`` and ``crop()`` give BGR arrays too;
+    ``save()`` and ``show()`` give the true colours. files: a name per image (the path it was read from,
+    a PIL image's file name, or imageN.jpg). names: class names. xyxy: per image Tensor[n, 6] (x1, y1, x2,
+    y2 in original pixels, confidence, class), highest confidence first; xywh has (center x, center y,
+    width, height) instead, xyxyn and xywhn are normalized by the image size.
     input_hw: each image's letterboxed (height, width). t: (pre-process, inference, NMS) ms per image.
     failures: the inputs left out with errors="skip".
     """
@@ -157,10 +206,62 @@ class Detections:
     def render(
         self, line_thickness: int | None = None, hide_labels: bool = False, hide_conf: bool = False
     ) -> list:
-        """Copies of the images with their boxes drawn (as detect.py draws them)."""
+        """Copies of the images with their boxes drawn (as detect.py draws them), BGR as ``images``; for
+        PIL or matplotlib, reverse the channels (``image[..., ::-1]``)."""
         return [
             annotate(image, det, self.names, line_thickness, hide_labels, hide_conf)
             for image, det in zip(self.images, self.xyxy)
+        ]
+
+    def show(
+        self, line_thickness: int | None = None, hide_labels: bool = False, hide_conf: bool = False
+    ) -> None:
+        """Show the rendered images: inline in a Jupyter notebook, else each in the system's image viewer
+        (PIL's ``Image.show``, as yolov5 does). Without a display or a viewer it logs one warning saying
+        so, and returns: a script that also saves its results goes on."""
+        rendered = self.render(line_thickness, hide_labels, hide_conf)
+        pictures = [Image.fromarray(np.ascontiguousarray(image[..., ::-1])) for image in rendered]  # RGB
+        if in_notebook():
+            from IPython.display import display
+
+            for picture in pictures:
+                display(picture)
+            return
+        if not has_display():
+            LOGGER.warning(
+                "WARNING: cannot show the images: no display is available (DISPLAY and WAYLAND_DISPLAY are "
+                "unset); use results.save() or results.render() instead."
+            )
+            return
+        for picture, file in zip(pictures, self.files):
+            if not ImageShow.show(picture, title=Path(file).name):
+                LOGGER.warning(
+                    "WARNING: cannot show the images: PIL finds no image viewer on this system; use "
+                    "results.save() or results.render() instead."
+                )
+                return
+
+    def pandas(self) -> DetectionFrames:
+        """The boxes as pandas DataFrames, one per image in each format (``DetectionFrames``), as yolov5's
+        ``results.pandas().xyxy[0]``. Needs pandas, imported only here; raises ConfigError without it."""
+        try:
+            import pandas
+        except ImportError:
+            raise ConfigError(
+                "Detections.pandas() needs pandas, which is not installed; pip install pandas."
+            ) from None
+        tables = {
+            form: [detections_frame(d, columns, self.names, pandas) for d in getattr(self, form)]
+            for form, columns in FRAME_COLUMNS.items()
+        }
+        return DetectionFrames(**tables)
+
+    def tolist(self) -> list[Detections]:
+        """One Detections per image, as yolov5's ``tolist()`` (for result in results.tolist()). Each keeps
+        the call's per-image times; the call's failures stay with the call."""
+        return [
+            Detections([image], [file], [det], self.names, [hw], self.t)
+            for image, file, det, hw in zip(self.images, self.files, self.xyxy, self.input_hw)
         ]
 
     def output_names(self) -> list[str]:
