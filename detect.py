@@ -114,7 +114,7 @@ def run(weights: str | Path | DetectOptions, source: str | Path = "data/images",
     try:
         for item in sources:
             try:  # one image that fails never stops the run
-                found = detector(item.image)
+                found = detector(item.image, channels="bgr")  # OpenCV decoded it
                 writer.write(item, found.xyxy[0])
             except Exception as error:
                 LOGGER.debug("detecting on %s failed", item.path, exc_info=True)

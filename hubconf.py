@@ -1,7 +1,8 @@
 """torch.hub entry points, from a local copy of this repository (nothing is downloaded):
 
     model = torch.hub.load("path/to/RepYOLO", "custom", path="best.pt", source="local")
-    results = model(["a.jpg", pil_image, frame_bgr])  # see utils.deploy.detector.Detector
+    results = model(["a.jpg", pil_image, rgb_array])  # see utils.deploy.detector.Detector
+    results = model(frame_bgr, channels="bgr")  # an OpenCV frame
     model = torch.hub.load("path/to/RepYOLO", "repyolov5s", classes=5, source="local")  # untrained
 
 ``custom`` loads weights RepYOLO wrote (a training-form or fused .pt, or an .onnx export) or an

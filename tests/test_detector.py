@@ -1,5 +1,6 @@
-"""utils/deploy/detector.py and detections.py: the Python API detect.py runs on, every input kind,
-results in original pixels, bad inputs named."""
+"""utils/deploy/detector.py and detections.py: the Python API detect.py runs on, every input kind (arrays
+RGB as in yolov5, OpenCV's with channels="bgr", tensors raw), results in original pixels, bad inputs
+named. Detections' yolov5 extras (pandas, tolist, show): test_detections.py."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from PIL import Image
 
 import detect
 from tests.helpers import NAMES, write_images
+from utils.boxes import scale_boxes_to_original
 from utils.deploy.detections import describe, plural
 from utils.deploy.detector import Detector
 from utils.errors import ConfigError, ImageError, ImageNotFoundError
+from utils.nms import non_max_suppression
 from utils.paths import ROOT
 
 SAMPLES = sorted((ROOT / "data" / "images").glob("*.jpg"))
@@ -67,16 +70,22 @@ def test_api_equals_detect_save_txt_on_the_sample_images(weights, detector, tmp_
 def test_every_input_kind_gives_the_same_boxes_in_original_pixels(detector, tmp_path):
     path = write_images(tmp_path / "images", count=1, size=(72, 96))[0]
     bgr = cv2.imread(str(path))
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
     png = tmp_path / "same.png"  # lossless, so PIL and OpenCV decode the same pixels
     cv2.imwrite(str(png), bgr)
     pil = Image.open(png)
-    results = detector([path, str(path), pil, bgr, pil.convert("L")], size=64, conf=0.1)
-    assert results.files[:4] == [str(path), str(path), "same.png", "image3.jpg"]
+    gray = np.asarray(pil.convert("L"))
+    rgba = np.dstack((rgb, np.full(rgb.shape[:2], 7, np.uint8)))  # the alpha channel is dropped
+    inputs = [path, str(path), pil, rgb, rgba, pil.convert("L"), gray, gray[..., None]]
+    results = detector(inputs, size=64, conf=0.1)
+    assert results.files[:5] == [str(path), str(path), "same.png", "image3.jpg", "image4.jpg"]
     reference = results.xyxy[0]
     assert reference.shape[1] == 6 and len(reference) > 0
-    for boxes in results.xyxy[1:4]:
+    for boxes in results.xyxy[1:5]:
         torch.testing.assert_close(boxes, reference)
-    assert len(results.xyxy[4]) > 0  # a gray PIL image is converted to RGB
+    assert len(results.xyxy[5]) > 0  # a gray PIL image is converted to RGB
+    for boxes in results.xyxy[6:]:  # a gray array is the same gray image
+        torch.testing.assert_close(boxes, results.xyxy[5])
     assert (reference[:, :4] >= 0).all() and (reference[:, [0, 2]] <= 96).all()
     assert (reference[:, [1, 3]] <= 72).all() and (reference[:, [1, 3]] > 64).any()  # original pixels
     gains = torch.tensor([96, 72, 96, 72, 1, 1])
@@ -86,8 +95,53 @@ def test_every_input_kind_gives_the_same_boxes_in_original_pixels(detector, tmp_
     torch.testing.assert_close(xywh[:, 0], (reference[:, 0] + reference[:, 2]) / 2)
     torch.testing.assert_close(xywh[:, 3], reference[:, 3] - reference[:, 1])
     assert results.names == NAMES and len(results.t) == 3 and results.input_hw[0] == (64, 64)
-    single = detector(bgr, size=64, conf=0.1)  # one array, not in a list
+    single = detector(rgb, size=64, conf=0.1)  # one array, not in a list
     assert len(single) == 1 and single.xyxy[0].shape[1] == 6 and single.files == ["image0.jpg"]
+
+
+def test_arrays_are_rgb_as_in_yolov5_and_opencv_frames_go_through_channels_bgr(detector, tmp_path):
+    """yolov5's documented array input, cv2.imread(...)[..., ::-1], gives exactly the boxes of the file;
+    the OpenCV frame itself does with channels="bgr"; and the order matters: swapped, the boxes differ."""
+    path = SAMPLES[0]
+    bgr = cv2.imread(str(path))
+    settings = dict(size=SIZE, conf=0.1)
+    reference = detector(str(path), **settings).xyxy[0]
+    assert len(reference) > 0
+    assert torch.equal(detector(bgr[..., ::-1], **settings).xyxy[0], reference)
+    assert torch.equal(detector(bgr, channels="bgr", **settings).xyxy[0], reference)
+    assert not torch.equal(detector(bgr, **settings).xyxy[0], reference)  # BGR taken as RGB: other pixels
+    from_file = detector(str(path), **settings).save(tmp_path / "file")  # drawn and saved in true colours
+    from_rgb = detector(bgr[..., ::-1], **settings)
+    np.testing.assert_array_equal(from_rgb.images[0], bgr)
+    np.testing.assert_array_equal(
+        cv2.imread(str(from_file / path.name)),
+        cv2.imread(str(from_rgb.save(tmp_path / "rgb") / "image0.jpg")),
+    )
+
+
+def test_a_tensor_gets_the_networks_raw_output_as_in_yolov5(detector):
+    """A float (B, 3, H, W) RGB 0..1 batch is the network's input: its raw output comes back, which NMS and
+    scaling turn into exactly the boxes of the same image as an array; other tensors are one sentence."""
+    bgr = cv2.imread(str(SAMPLES[0]))
+    prepared = detector.prepare(bgr, detector.input_hw(SIZE))
+    batch = prepared.tensor[None].float() / 255  # (1, 3, h, w) RGB in 0..1
+    raw = detector(batch, size=999, conf=0.9)  # the settings do not apply to a tensor
+    assert isinstance(raw, torch.Tensor) and raw.shape[0] == 1 and raw.shape[2] == 5 + len(NAMES)
+    boxes = non_max_suppression(raw, **detector.thresholds(conf=0.1))[0]
+    scale_boxes_to_original(boxes[:, :4], prepared.original_hw, prepared.ratio_pad)
+    torch.testing.assert_close(boxes, detector(bgr, channels="bgr", size=SIZE, conf=0.1).xyxy[0])
+    assert detector(torch.cat((batch, batch))).shape == (2, *raw.shape[1:])
+    cases = [
+        (prepared.tensor[None], r"shape \(1, 3, 96, 96\) and dtype torch.uint8 is not a batch"),
+        (batch[0], r"shape \(3, 96, 96\)"),
+        (batch[:, :2], r"shape \(1, 2, 96, 96\)"),
+        (batch[..., :90], "of 96x90 pixels does not fit the model's stride 32"),
+        (batch * 255, r"values up to 2\d\d, not 0..1; divide it by 255"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ImageError, match=message) as error_info:
+            detector(bad)
+        assert len(str(error_info.value).splitlines()) == 1
 
 
 def test_print_save_and_crop_like_detect(weights, detector, tmp_path, capsys):
@@ -127,12 +181,14 @@ def test_bad_inputs_are_one_sentence_naming_them_and_can_be_skipped(detector, tm
         (tmp_path / "missing.jpg", ImageNotFoundError, "missing.jpg does not exist"),
         (broken, ImageError, "broken.jpg cannot be read as an image"),
         (
-            np.zeros((64, 64), np.uint8),
+            np.zeros((64, 64, 2), np.uint8),
             ImageError,
-            r"input 1 is an array of shape \(64, 64\) and dtype uint8",
+            r"input 1 is an array of shape \(64, 64, 2\) and dtype uint8; pass a uint8 array \(H, W, 3\) in",
         ),
-        (np.zeros((64, 64, 3), np.float32), ImageError, "dtype float32; pass a BGR uint8 array"),
-        (torch.zeros(3, 64, 64), ImageError, "input 1 is a Tensor; pass an image path"),
+        (np.zeros((64, 64, 3), np.float32), ImageError, "dtype float32; pass a uint8 array"),
+        (np.zeros((0, 64, 3), np.uint8), ImageError, r"shape \(0, 64, 3\)"),
+        (torch.zeros(1, 3, 64, 64), ImageError, "input 1 is a Tensor in a list; pass a batch"),
+        (object(), ImageError, "input 1 is a object; pass an image path"),
         ("https://example.com/a.jpg", ImageError, "is a URL"),
         (tmp_path, ImageError, "is a folder, not an image"),
     ]
@@ -169,6 +225,8 @@ def test_settings_are_checked(detector):
         detector.size = None
     with pytest.raises(ValueError, match="errors must be"):
         detector(image, errors="ignore")
+    with pytest.raises(ConfigError, match="channels must be 'rgb' .* or 'bgr' .*, not 'BGR'"):
+        detector(image, channels="BGR")
     detector.classes, detector.max_det = [1], 2  # yolov5-style attributes apply to every call
     try:
         kept = detector(image, size=64, conf=0.01).xyxy[0]

@@ -1,9 +1,14 @@
 """The detector for Python code: weights in, detections in original-image pixels out.
 
     detector = Detector("best.pt")  # a training-form or fused .pt, or an .onnx export
-    results = detector(["a.jpg", pil_image, frame_bgr], size=640)
+    results = detector(["a.jpg", pil_image, rgb_array], size=640)
     results.print()
     results.xyxy[0]  # Tensor[n, 6]: x1, y1, x2, y2 (pixels of a.jpg), confidence, class
+    detector(frame_bgr, channels="bgr")  # an OpenCV frame (cv2.imread, cv2.VideoCapture)
+
+Numpy arrays are RGB, as yolov5's AutoShape takes them; OpenCV's BGR frames go through ``channels="bgr"``
+(detect.py does). A float Tensor[B, 3, H, W] gets the network's raw output, as in yolov5 (see
+``raw_predictions``).
 
 Each image is letterboxed on its own, padded only up to the stride as detect.py does, so its detections
 do not depend on the other images of the call (up to the rounding of a batched convolution); images
@@ -36,30 +41,49 @@ LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH = 32  # images per forward pass
 ImageInput = Union[str, Path, np.ndarray, Image.Image]
+CHANNEL_ORDERS = ("rgb", "bgr")  # of numpy array inputs: yolov5's and PIL's, OpenCV's
 
 
-def load_input(item: Any, index: int) -> tuple[str, np.ndarray]:
+def array_to_bgr(array: np.ndarray, index: int, channels: str) -> np.ndarray:
+    """The BGR uint8 (H, W, 3) image of a detector input array: (H, W, 3) in ``channels`` order ("rgb" or
+    "bgr"), (H, W, 4) with an alpha channel, which is dropped as yolov5 drops it, or gray (H, W) or
+    (H, W, 1). Raises ImageError naming the input for any other shape or dtype."""
+    image = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    usable_shape = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))
+    if array.dtype != np.uint8 or not usable_shape or 0 in array.shape:
+        raise ImageError(
+            f"input {index} is an array of shape {array.shape} and dtype {array.dtype}; pass a uint8 array "
+            "(H, W, 3) in RGB order (channels='bgr' for OpenCV's), (H, W, 4) with alpha, or (H, W) gray."
+        )
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2))
+    color = image[..., :3]
+    return np.ascontiguousarray(color if channels == "bgr" else color[..., ::-1])
+
+
+def load_input(item: Any, index: int, channels: str = "rgb") -> tuple[str, np.ndarray]:
     """(a name, the image as BGR uint8 (H, W, 3)) for one detector input: a path, a PIL image (converted
-    to RGB, EXIF orientation applied as cv2.imread does) or an OpenCV-style BGR uint8 array. Raises
-    ImageError (ImageNotFoundError for a missing path) naming the input."""
+    to RGB, EXIF orientation applied as cv2.imread does) or a uint8 array (``array_to_bgr``: RGB unless
+    channels is "bgr"). BGR inside, because OpenCV letterboxes, draws and writes it. Raises ImageError
+    (ImageNotFoundError for a missing path) naming the input."""
     if isinstance(item, (str, Path)):
         if str(item).startswith(("http://", "https://")):
             raise ImageError(f"input {index} is a URL ({item}); download it first, the detector reads files.")
         return str(item), read_image(item)
     if isinstance(item, np.ndarray):
-        if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3 or 0 in item.shape:
-            raise ImageError(
-                f"input {index} is an array of shape {item.shape} and dtype {item.dtype}; pass a BGR uint8 "
-                "array of shape (H, W, 3) as OpenCV reads it."
-            )
-        return f"image{index}.jpg", np.ascontiguousarray(item)
+        return f"image{index}.jpg", array_to_bgr(item, index, channels)
     if isinstance(item, Image.Image):
         name = Path(getattr(item, "filename", "") or f"image{index}.jpg").name
         rgb = np.asarray(ImageOps.exif_transpose(item).convert("RGB"))
         return name, np.ascontiguousarray(rgb[..., ::-1])
+    if isinstance(item, torch.Tensor):
+        raise ImageError(
+            f"input {index} is a Tensor in a list; pass a batch Tensor[B, 3, H, W] alone for the network's "
+            "raw output, or the images as paths, PIL images or numpy arrays."
+        )
     raise ImageError(
-        f"input {index} is a {type(item).__name__}; pass an image path, a PIL image or a BGR uint8 numpy "
-        "array (H, W, 3)."
+        f"input {index} is a {type(item).__name__}; pass an image path, a PIL image or a uint8 numpy array "
+        "(H, W, 3) in RGB order."
     )
 
 
@@ -137,39 +161,38 @@ class Detector:
 
     def __call__(
         self,
-        inputs: ImageInput | Sequence[ImageInput],
+        inputs: ImageInput | Sequence[ImageInput] | torch.Tensor,
         size: int | Sequence[int] | None = None,
         conf: float | None = None,
         iou: float | None = None,
         classes: list[int] | None = None,
         max_det: int | None = None,
         errors: str = "raise",
-    ) -> Detections:
-        """Detect in one input or a list of them (paths, PIL images, BGR uint8 arrays, mixed).
+        channels: str = "rgb",
+    ) -> Detections | torch.Tensor:
+        """Detect in one input or a list of them (paths, PIL images, uint8 numpy arrays, mixed).
 
         errors: "raise" (an unusable input raises ImageError naming it) or "skip" (it is left out, with a
         warning, and recorded in the result's ``failures``).
+        channels: the order of numpy arrays' channels: "rgb" (as yolov5 and PIL give them) or "bgr" (as
+        OpenCV reads them: cv2.imread, cv2.VideoCapture frames); paths and PIL images are read right anyway.
+        A torch.Tensor is not an image but a batch for the network itself, as in yolov5: its raw output
+        comes back (``raw_predictions``) and the other arguments do not apply.
         """
+        if isinstance(inputs, torch.Tensor):
+            return self.raw_predictions(inputs)
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}.")
+        if channels not in CHANNEL_ORDERS:
+            raise ConfigError(
+                f"channels must be 'rgb' (numpy arrays as yolov5 and PIL give them) or 'bgr' (as OpenCV "
+                f"reads them), not {channels!r}."
+            )
         thresholds = self.thresholds(conf, iou, classes, max_det)
         img_hw = self.input_hw(size)
         start = time_sync()
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-        files, images, prepared, failures = [], [], [], []
-        for index, item in enumerate(items):
-            try:
-                name, image = load_input(item, index)
-                prepared.append(self.prepare(image, img_hw))
-            except Exception as error:  # a decoder or resize error is as much this image's fault
-                if errors == "raise":
-                    raise
-                named = str(item) if isinstance(item, (str, Path)) else f"input {index}"
-                failures.append(Failure(index, named, str(error)))
-                LOGGER.warning("WARNING: skipping %s: %s", failures[-1].input, error)
-                continue
-            files.append(name)
-            images.append(image)
+        files, images, prepared, failures = self._load(items, img_hw, channels, errors)
         seconds = np.array([time_sync() - start, 0.0, 0.0])
         detections, run_seconds = self.run_prepared(prepared, [thresholds] * len(prepared))
         seconds += run_seconds
@@ -182,6 +205,53 @@ class Detector:
             t=tuple(float(s) * 1000 / max(len(images), 1) for s in seconds),
             failures=failures,
         )
+
+    def _load(
+        self, items: list, img_hw: tuple[int, int], channels: str, errors: str
+    ) -> tuple[list[str], list[np.ndarray], list[Prepared], list[Failure]]:
+        """(names, BGR images, prepared images, failures) of the inputs that load; see ``__call__``."""
+        files, images, prepared, failures = [], [], [], []
+        for index, item in enumerate(items):
+            try:
+                name, image = load_input(item, index, channels)
+                prepared.append(self.prepare(image, img_hw))
+            except Exception as error:  # a decoder or resize error is as much this image's fault
+                if errors == "raise":
+                    raise
+                named = str(item) if isinstance(item, (str, Path)) else f"input {index}"
+                failures.append(Failure(index, named, str(error)))
+                LOGGER.warning("WARNING: skipping %s: %s", failures[-1].input, error)
+                continue
+            files.append(name)
+            images.append(image)
+        return files, images, prepared, failures
+
+    def raw_predictions(self, batch: torch.Tensor) -> torch.Tensor:
+        """What yolov5's AutoShape does with a tensor: the network's output for a batch the caller has
+        already letterboxed, no NMS and no scaling back (the pieces detect.py adds: utils.nms, utils.boxes).
+
+        batch: float Tensor[B, 3, H, W], RGB in 0..1, H and W multiples of the model's stride (within a
+        static ONNX graph's size). -> Tensor[B, N, 5 + nc]: cx, cy, w, h (input pixels), objectness, class
+        scores, as ``non_max_suppression`` takes it. Raises ImageError for a tensor of another form.
+        """
+        shape, stride = tuple(batch.shape), self.model.stride
+        if batch.ndim != 4 or shape[1] != 3 or not batch.is_floating_point() or 0 in shape:
+            raise ImageError(
+                f"a tensor input of shape {shape} and dtype {batch.dtype} is not a batch the network takes; "
+                "pass a float Tensor[B, 3, H, W] of RGB values in 0..1, or the images as numpy arrays."
+            )
+        if shape[2] % stride or shape[3] % stride:
+            raise ImageError(
+                f"a tensor input of {shape[2]}x{shape[3]} pixels does not fit the model's stride {stride}; "
+                f"letterbox it to multiples of {stride}, or pass the images as numpy arrays."
+            )
+        largest = float(batch.max())
+        if largest > 1:  # a 0..255 batch runs, but every box would be noise
+            raise ImageError(
+                f"a tensor input holds values up to {largest:g}, not 0..1; divide it by 255, or pass the "
+                "images as uint8 numpy arrays."
+            )
+        return self.model(batch)
 
     def thresholds(
         self,
