@@ -17,10 +17,12 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from utils.cli import (
+    DNN_REFUSED,
     build_parser,
     device_option,
     exist_ok_option,
@@ -42,7 +44,22 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class DetectOptions:
-    """What detect.py's flags set (utils.cli.option)."""
+    """What detect.py's flags set (utils.cli.option); yolov5's flags it refuses in one sentence or accepts
+    and drops (utils.cli.build_parser)."""
+
+    REFUSED: ClassVar[dict[str, str]] = {
+        "--augment": "(test-time augmentation) is not implemented yet; drop it.",
+        "--view-img": "is not implemented yet; the annotated images and videos are in the run folder.",
+        "--vid-stride": "is not implemented yet; every frame of a video is read.",
+        "--save-csv": "is not implemented yet; --save-txt --save-conf writes each image's boxes and scores.",
+        "--save-format": "is not implemented: --save-txt writes YOLO-format rows only; drop it.",
+        "--visualize": "(feature-map plots) is not implemented; drop it.",
+        "--dnn": DNN_REFUSED,
+    }  # fmt: skip
+    IGNORED: ClassVar[dict[str, str]] = {
+        "--data": "the class names travel with the weights, which is all detect.py would read from it",
+        "--update": "a finished run's checkpoints already hold no optimizer state",
+    }
 
     weights: str | Path = option(
         "",

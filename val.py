@@ -16,11 +16,12 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from utils.cli import (
+    DNN_REFUSED,
     device_option,
     exist_ok_option,
     half_option,
@@ -58,7 +59,17 @@ def default_img_size(
 
 @dataclass
 class ValOptions:
-    """What val.py's flags set (utils.cli.option), and what only Python callers set."""
+    """What val.py's flags set (utils.cli.option), and what only Python callers set; yolov5's flags it
+    refuses in one sentence (utils.cli.build_parser)."""
+
+    REFUSED: ClassVar[dict[str, str]] = {
+        "--augment": "(test-time augmentation) is not implemented yet; drop it.",
+        "--single-cls": "is not implemented yet; drop it, or give a dataset YAML with nc: 1 and class 0 in "
+        "every label.",
+        "--save-hybrid": "is refused: yolov5 adds the ground-truth labels to the predictions it scores and "
+        "saves, so the mAP it reports is not the model's; use --save-txt --save-conf.",
+        "--dnn": DNN_REFUSED,
+    }  # fmt: skip
 
     weights: str | Path = option(
         "",
@@ -82,10 +93,6 @@ class ValOptions:
     save_json: bool = option(False, "write COCO-format predictions.json")
     save_txt: bool = option(False, "write YOLO-format predictions to labels/")
     save_conf: bool = option(False, "with --save-txt, a confidence column after the box (as yolov5)")
-    save_hybrid: bool = option(
-        False, "refused: yolov5's labels-plus-predictions files mix the ground truth into the predictions, "
-        "so the mAP they report is not the model's",
-    )  # fmt: skip
     verbose: bool = option(False, "print mAP per class")
     project: str | Path = project_option("runs/val")
     name: str = name_option()
@@ -96,11 +103,6 @@ class ValOptions:
 
     def check(self) -> ValOptions:
         """One sentence naming the first value that cannot work; the speed task's own settings applied."""
-        if self.save_hybrid:
-            raise ConfigError(
-                "--save-hybrid is not supported: yolov5 adds the ground-truth labels to the predictions it "
-                "scores and saves, so the mAP it then reports is not the model's; use --save-txt --save-conf."
-            )
         if self.task not in ("val", "test", "speed"):
             raise ConfigError(f"task must be val, test or speed, not {self.task!r}.")
         if self.batch_size < 1:

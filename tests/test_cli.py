@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from utils.cli import build_parser
+from utils.cli import Ignored, Refused, build_parser
 from utils.paths import ROOT
 
 RECORDED = json.loads((ROOT / "tests" / "data" / "cli_flags.json").read_text())
@@ -38,7 +38,7 @@ def flags(parser: argparse.ArgumentParser) -> dict:
             "type": getattr(action.type, "__name__", None),
         }
         for action in parser._actions
-        if not isinstance(action, argparse._HelpAction)
+        if not isinstance(action, (argparse._HelpAction, Refused, Ignored))
     }
 
 
@@ -55,3 +55,21 @@ def test_help_prints_every_flag(script, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert all(name in printed for names in RECORDED[script] for name in names.split())
+
+
+@pytest.mark.parametrize("script", sorted(RECORDED))
+def test_refused_yolov5_flags_are_one_sentence_and_ignored_ones_change_nothing(script, capsys):
+    """Each yolov5 flag a script refuses ends it with exit status 2 and one sentence naming the flag, with or
+    without values; each one it ignores parses to the same options as without it."""
+    options = options_of(script)
+    for names, reason in getattr(options, "REFUSED", {}).items():
+        for name in names.split():
+            with pytest.raises(SystemExit) as exit_info:
+                build_parser(options, None).parse_args(["--weights", "w.pt", name, "1"])
+            assert exit_info.value.code == 2
+            err = capsys.readouterr().err.strip()
+            assert err.endswith(f"{name} {reason}") and err.count("\n") == 0 and reason.endswith(".")
+    for names in getattr(options, "IGNORED", {}):
+        for name in names.split():
+            given = build_parser(options, None).parse_args(["--weights", "w.pt", name, "1"])
+            assert vars(given) == vars(build_parser(options, None).parse_args(["--weights", "w.pt"]))

@@ -44,6 +44,9 @@ def exist_ok_option() -> Any:
     return option(False, "reuse project/name instead of incrementing")
 
 
+DNN_REFUSED = "(OpenCV DNN) is not implemented; an .onnx given as --weights runs on ONNX Runtime; drop it."
+
+
 def device_option(default: str = "", help: str = "cpu, 0 or 0,1 (empty: first GPU if any)") -> Any:
     return option(default, help)
 
@@ -76,11 +79,41 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(*flags, dest=field.name, **settings)
 
 
+class Refused(argparse.Action):
+    """A flag of yolov5's that this script does not take: given (with any values), it ends the parse with
+    one sentence saying why, and exit status 2. Not listed by --help."""
+
+    def __init__(self, option_strings: list[str], dest: str, reason: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="*", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)  # fmt: skip
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(2, f"{parser.prog}: {option_string} {self.reason}\n")
+
+
+class Ignored(argparse.Action):
+    """A flag of yolov5's that would change nothing here (``reason`` says why): accepted and dropped."""
+
+    def __init__(self, option_strings: list[str], dest: str, reason: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="*", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)  # fmt: skip
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        LOGGER.debug("%s ignored: %s", option_string, self.reason)
+
+
 def build_parser(cls: type, description: str | None) -> argparse.ArgumentParser:
+    """The parser of the options dataclass ``cls``, with the yolov5 flags it names in its class attributes
+    REFUSED and IGNORED ({flags: reason}, the flags space-separated)."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_options(parser, cls)
+    for action, flags in ((Refused, getattr(cls, "REFUSED", {})), (Ignored, getattr(cls, "IGNORED", {}))):
+        for names, reason in flags.items():
+            parser.add_argument(*names.split(), action=action, reason=reason)
     return parser
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from utils.checkpoint import load_checkpoint
 from utils.cli import device_option, exist_ok_option, name_option, option, project_option
@@ -23,10 +23,42 @@ USER_DATA_DEFAULTS = {"img_size": 640, "epochs": 100, "batch_size": 16, "hyp": "
 NOT_RESUMED = ("device", "workers")
 
 
+WANDB = (
+    "configures Weights & Biases logging, which RepYOLO does not do (its logs are TensorBoard files and "
+    "results.csv in the run folder); drop it."
+)
+EVOLVE = "belongs to yolov5's --evolve hyperparameter search, which is not implemented yet; drop it."
+
+
 @dataclass
 class TrainOptions:
     """What train.py's flags set: each field is its flag (utils.cli.option). img_size, epochs, batch_size and
-    hyp may be None until ``resolve``."""
+    hyp may be None until ``resolve``. REFUSED and IGNORED: yolov5's flags this script refuses in one
+    sentence, or accepts and drops because they would change nothing (utils.cli.build_parser)."""
+
+    REFUSED: ClassVar[dict[str, str]] = {
+        "--rect": "(rectangular training batches) is not implemented yet: training batches are square "
+        "mosaics; drop it (validation already runs rectangular batches).",
+        "--multi-scale": "is not implemented yet; drop it (training runs at --img).",
+        "--image-weights": "is not implemented yet; drop it (images are drawn uniformly).",
+        "--quad": "(the quad loader) is not implemented yet; drop it.",
+        "--single-cls": "is not implemented yet; drop it, or give a dataset YAML with nc: 1 and class 0 in "
+        "every label.",
+        "--evolve": EVOLVE,
+        "--evolve_population --evolve-population": EVOLVE,
+        "--resume_evolve --resume-evolve": EVOLVE,
+        "--bucket": EVOLVE,
+        "--entity": WANDB,
+        "--upload_dataset --upload-dataset": WANDB,
+        "--bbox_interval --bbox-interval": WANDB,
+        "--artifact_alias --artifact-alias": WANDB,
+        "--ndjson-console --ndjson-file": "configures ultralytics' NDJSON logging, which RepYOLO does not do "
+        "(results.csv in the run folder has a row per epoch); drop it.",
+    }  # fmt: skip
+    IGNORED: ClassVar[dict[str, str]] = {
+        "--local_rank --local-rank": "torchrun (and torch.distributed.launch) also set LOCAL_RANK in the "
+        "environment, which is what this script reads",
+    }
 
     cfg: str = option("", "model YAML, e.g. repyolov5s.yaml (bare names: models/)")
     weights: str = option(
