@@ -22,8 +22,12 @@ def side_scales(model) -> list[float]:
 
 def test_a_model_from_scratch_starts_its_side_branches_at_rep_branch_gamma():
     options = TrainOptions(cfg="repyolov5n.yaml")
-    assert set(side_scales(build_model(options, 3, ["a", "b", "c"], None, hyp=Hyp(rep_branch_gamma=0.0)))) == {0.0}
-    assert set(side_scales(build_model(options, 3, ["a", "b", "c"], None, hyp=Hyp(rep_branch_gamma=0.5)))) == {0.5}
+    assert set(
+        side_scales(build_model(options, 3, ["a", "b", "c"], None, hyp=Hyp(rep_branch_gamma=0.0)))
+    ) == {0.0}
+    assert set(
+        side_scales(build_model(options, 3, ["a", "b", "c"], None, hyp=Hyp(rep_branch_gamma=0.5)))
+    ) == {0.5}
     model = build_model(options, 3, ["a", "b", "c"], None, hyp=Hyp(rep_branch_gamma=0.0))
     identities = [m.branch_identity for m in model.modules() if isinstance(m, RepVGGBlock) and m.has_identity]
     assert all(float(bn.weight.detach().abs().max()) == 0 for bn in identities)
