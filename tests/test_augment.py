@@ -105,7 +105,8 @@ def test_random_perspective_keeps_boxes_on_objects(case):
     axis_aligned = case == "scale_translate"
     for seed in range(6):
         rng = np.random.default_rng(seed)
-        out, moved = augment.random_perspective(img, labels, rng, AFFINE_CASES[case])
+        out, moved, segments = augment.random_perspective(img, labels, rng, AFFINE_CASES[case])
+        assert segments is None  # box labels: no segments appear
         assert out.shape == img.shape
         # rotated rectangles: the corner box is the rectangle's box, unless clipping cut a corner off
         check_boxes_on_objects(out, moved, exact=axis_aligned, tolerance_px=2.5)
@@ -116,7 +117,7 @@ def test_random_perspective_drops_boxes_that_left_the_image():
     img, labels = draw_rectangles(100, 100, [(0, 0, 12, 12), (40, 40, 60, 60)])
     rng = np.random.default_rng(0)
     # translate far right: the small top-left box stays, the content moves; use a pure shift of 0.5
-    out, moved = augment.random_perspective(
+    out, moved, _ = augment.random_perspective(
         img, labels, rng, augment.PerspectiveRanges(degrees=0, translate=0.0, scale=0.0), border=(-40, -40)
     )
     assert out.shape[:2] == (20, 20)
@@ -133,18 +134,19 @@ def test_box_candidates():
 def test_mosaic_keeps_boxes_on_objects(seed):
     size = 96
     pieces = [
-        draw_rectangles(96, 96, [(5, 5, 35, 30), (50, 40, 90, 90), (10, 60, 30, 85)], first_class=0),
-        draw_rectangles(72, 96, [(2, 2, 40, 40), (60, 10, 94, 60), (45, 50, 58, 70)], first_class=3),
-        draw_rectangles(96, 64, [(5, 5, 55, 40), (10, 50, 40, 90), (45, 60, 62, 94)], first_class=6),
-        draw_rectangles(80, 80, [(0, 0, 30, 30), (40, 40, 78, 78), (50, 5, 75, 25)], first_class=9),
+        (*draw_rectangles(96, 96, [(5, 5, 35, 30), (50, 40, 90, 90), (10, 60, 30, 85)], first_class=0), None),
+        (*draw_rectangles(72, 96, [(2, 2, 40, 40), (60, 10, 94, 60), (45, 50, 58, 70)], first_class=3), None),
+        (*draw_rectangles(96, 64, [(5, 5, 55, 40), (10, 50, 40, 90), (45, 60, 62, 94)], first_class=6), None),
+        (*draw_rectangles(80, 80, [(0, 0, 30, 30), (40, 40, 78, 78), (50, 5, 75, 25)], first_class=9), None),
     ]
     rng = np.random.default_rng(seed)
-    canvas, labels = augment.mosaic(pieces, size, rng)
+    canvas, labels, segments = augment.mosaic(pieces, size, rng)
+    assert segments is None
     assert canvas.shape == (2 * size, 2 * size, 3)
     check_boxes_on_objects(canvas, labels)
     check_visible_objects_kept(canvas, labels)
     ranges = augment.PerspectiveRanges(degrees=0, translate=0.1, scale=0.5)
-    out, moved = augment.random_perspective(canvas, labels, rng, ranges, border=(-size // 2, -size // 2))
+    out, moved, _ = augment.random_perspective(canvas, labels, rng, ranges, border=(-size // 2, -size // 2))
     assert out.shape == (size, size, 3)
     if len(moved):
         check_boxes_on_objects(out, moved)
@@ -173,22 +175,22 @@ def test_augment_hsv_in_place_and_identity_when_off():
 def test_random_mosaic_equals_mosaic_then_perspective(seed):
     size = 96
     pieces = [
-        draw_rectangles(96, 96, [(5, 5, 35, 30), (50, 40, 90, 90)], first_class=0),
-        draw_rectangles(72, 96, [(2, 2, 40, 40), (60, 10, 94, 60)], first_class=3),
-        draw_rectangles(96, 64, [(5, 5, 55, 40), (10, 50, 40, 90)], first_class=6),
-        draw_rectangles(80, 80, [(0, 0, 30, 30), (40, 40, 78, 78)], first_class=9),
+        (*draw_rectangles(96, 96, [(5, 5, 35, 30), (50, 40, 90, 90)], first_class=0), None),
+        (*draw_rectangles(72, 96, [(2, 2, 40, 40), (60, 10, 94, 60)], first_class=3), None),
+        (*draw_rectangles(96, 64, [(5, 5, 55, 40), (10, 50, 40, 90)], first_class=6), None),
+        (*draw_rectangles(80, 80, [(0, 0, 30, 30), (40, 40, 78, 78)], first_class=9), None),
     ]
     ranges = augment.PerspectiveRanges(degrees=10, translate=0.1, scale=0.5, shear=2)
     rng = np.random.default_rng(seed)
-    canvas, labels = augment.mosaic(pieces, size, rng)
-    expected, expected_labels = augment.random_perspective(canvas, labels, rng, ranges, border=(-48, -48))
+    canvas, labels, _ = augment.mosaic(pieces, size, rng)
+    expected, expected_labels, _ = augment.random_perspective(canvas, labels, rng, ranges, border=(-48, -48))
     loaded = []
     rng = np.random.default_rng(seed)
     shapes_hw = [p[0].shape[:2] for p in pieces]
-    img, got_labels = augment.random_mosaic(
+    img, got_labels, segments = augment.random_mosaic(
         lambda k: loaded.append(k) or pieces[k], shapes_hw, size, rng, ranges
     )
-    assert np.abs(img.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(img.astype(int) - expected.astype(int)).max() <= 1 and segments is None
     np.testing.assert_allclose(got_labels, expected_labels, atol=1e-6)
     visible_classes = {c for c in range(12) if color_mask(img, c).any()}
     assert {

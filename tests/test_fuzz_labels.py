@@ -1,7 +1,8 @@
-"""Property-based fuzzing of the dataset scan (hypothesis): generated label files (NaN, inf, empty, huge,
-negative, non-numeric, wrong column counts, unicode, mixed line endings, binary) and image bytes
-(valid, truncated, empty, random) never crash it; every bad file is named in exactly one warning, and
-every good file is kept with exactly its labels."""
+"""Property-based fuzzing of the dataset scan (hypothesis): generated label files (box and polygon rows;
+NaN, inf, empty, huge, negative, non-numeric, wrong column counts, odd polygon coordinates, unicode, mixed
+line endings, binary) and image bytes (valid, truncated, empty, random) never crash it; every bad file is
+named in exactly one warning, and every good file is kept with exactly its labels (a polygon's box is its
+extent) and polygon points."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ BAD_IMAGES = st.one_of(
 coordinate = st.floats(0.3, 0.7).map(lambda v: f"{v:.4f}")
 size = st.floats(0.05, 0.5).map(lambda v: f"{v:.4f}")
 GOOD_ROW = st.tuples(st.integers(0, NC - 1).map(str), coordinate, coordinate, size, size).map(" ".join)
+POINTS = st.lists(st.tuples(coordinate, coordinate), min_size=3, max_size=6).filter(
+    lambda points: len({x for x, _ in points}) > 1 and len({y for _, y in points}) > 1  # not flat
+)
+GOOD_POLYGON = st.tuples(st.integers(0, NC - 1).map(str), POINTS).map(
+    lambda t: " ".join([t[0], *(v for point in t[1] for v in point)])
+)
 BAD_VALUE = st.sampled_from(
     ["nan", "NaN", "inf", "-inf", "1e999", "-0.5", "1.5", "abc", "0x1", "٣.٥", "∞", "—"]
 )
@@ -40,6 +47,10 @@ BAD_ROW = st.one_of(
         lambda t: " ".join([t[0]] + t[1].split()[1:])
     ),
     st.lists(coordinate, min_size=1, max_size=8).filter(lambda v: len(v) != 5).map(" ".join),  # columns
+    GOOD_POLYGON.map(lambda row: row + " 0.5"),  # an odd number of polygon coordinates
+    st.tuples(GOOD_POLYGON, st.sampled_from(["1.5", "-0.5", "nan", "x"])).map(  # a bad polygon point
+        lambda t: " ".join(t[0].split()[:-1] + [t[1]])
+    ),
     st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(
         lambda t: t.strip() and "\n" not in t and "\r" not in t and len(t.split()) != 5
     ),
@@ -53,7 +64,7 @@ def sample(draw) -> dict:
     image_good = draw(st.booleans())
     image = GOOD_IMAGE if image_good else draw(BAD_IMAGES)
     kind = draw(st.sampled_from(["good", "bad", "empty", "missing", "binary"]))
-    good_rows = draw(st.lists(GOOD_ROW, max_size=4, unique_by=lambda r: r))
+    good_rows = draw(st.lists(st.one_of(GOOD_ROW, GOOD_POLYGON), max_size=4, unique_by=lambda r: r))
     if kind == "bad":
         rows = good_rows + [draw(BAD_ROW)]
         rows = draw(st.permutations(rows))
@@ -68,8 +79,18 @@ def sample(draw) -> dict:
         "image": image,
         "label": label,
         "good": image_good and labels_good,
-        "rows": [[float(v) for v in row.split()] for row in rows] if image_good and kind == "good" else [],
+        "rows": [expected_row(row) for row in rows] if image_good and kind == "good" else [],
     }
+
+
+def expected_row(row: str) -> tuple[list[float], list[float]]:
+    """The label a good row gives and its polygon points ([] for a box): a polygon's box is its extent."""
+    values = [float(v) for v in row.split()]
+    if len(values) == 5:
+        return values, []
+    xs, ys = values[1::2], values[2::2]
+    box = [(min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)]
+    return [values[0], *box], values[1:]
 
 
 @settings(
@@ -103,6 +124,9 @@ def test_scan_never_crashes_names_every_bad_file_and_keeps_every_good_one(sample
             named = [message for message in warnings if f"{file}:" in message]
             if item["good"]:
                 assert not entry["error"] and not named, (file, entry, item)
-                assert entry["labels"] == item["rows"], (entry["labels"], item["rows"])
+                labels = [labels for labels, _ in item["rows"]]
+                segments = [points for _, points in item["rows"]]
+                assert entry["labels"] == labels, (entry["labels"], labels)
+                assert entry["segments"] == (segments if any(segments) else []), (entry, item)
             else:
                 assert entry["error"] and len(named) == 1, (file, entry, warnings, item)

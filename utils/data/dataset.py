@@ -1,7 +1,10 @@
 """The detection Dataset over the images a data YAML names (see utils.data.config), and its DataLoader.
 
 Labels are YOLO txt files found with label_file_for (``/images/`` -> ``/labels/``); an image with no
-label file or an empty one is a background image.
+label file or an empty one is a background image. Polygon rows give their extent as the box and keep
+their points for the training mosaic, copy-paste and warp (utils.data.augment). A training set (augment)
+in which no image has a label stops with one sentence (DataError), as yolov5 does; another split
+without labels is only reported by its evaluation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
 from utils.data import augment, disk_cache, preprocess
 from utils.data.config import IMAGE_SUFFIXES, image_files_from_sources
-from utils.data.labels import check_classes, scan_files, summarize
+from utils.data.labels import check_classes, no_training_labels, scan_files, summarize
 from utils.errors import DataError
 from utils.hyp import Hyp
 
@@ -78,6 +81,8 @@ class LoadedDataset(Dataset):
         check_classes(entries, nc)
         summarize(entries, prefix, cache_file, config.verbose)
         usable = [e for e in entries if not e["error"]]
+        if config.augment and (error := no_training_labels(entries, sources, prefix)):
+            raise DataError(error)
         if not usable:
             raise DataError(
                 f"{prefix}no usable images in {sources} (all {len(entries)} are corrupt, see the warnings "
@@ -85,6 +90,11 @@ class LoadedDataset(Dataset):
             )
         self.image_files = [e["image"] for e in usable]
         self.labels = [np.array(e["labels"], dtype=np.float32).reshape(-1, 5) for e in usable]
+        # per image, None (boxes only) or one (k, 2) normalized x, y array per label row (k = 0: a box row)
+        self.segments: list[list[np.ndarray] | None] = [
+            [np.array(s, dtype=np.float32).reshape(-1, 2) for s in e["segments"]] if e["segments"] else None
+            for e in usable
+        ]
         self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64)  # (N, 2) original (w, h)
         self.nc = (
             nc
@@ -93,6 +103,7 @@ class LoadedDataset(Dataset):
         )
         if config.rect:
             self._init_rect_batches(config.batch_size, config.pad)
+        self.copy_paste = self._copy_paste_fraction(prefix, config.verbose)
         self.images: list[np.ndarray | None] = [None] * len(self.image_files)
         self.cache_files: list[Path | None] = [None] * len(self.image_files)  # cache="disk"
         if cache == "ram":
@@ -108,6 +119,7 @@ class LoadedDataset(Dataset):
         order = aspect.argsort()
         self.image_files = [self.image_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
+        self.segments = [self.segments[i] for i in order]
         self.shapes, aspect = self.shapes[order], aspect[order]
         self.batch_index = np.arange(len(order)) // batch_size
         shapes = []
@@ -122,6 +134,21 @@ class LoadedDataset(Dataset):
         self.batch_shapes = (
             np.ceil(np.array(shapes) * self.img_size / self.stride + pad) * self.stride
         ).astype(int)
+
+    def _copy_paste_fraction(self, prefix: str, verbose: bool) -> float:
+        """The hyp's copy_paste where it can act (training mosaics with polygon labels), else 0, said once."""
+        fraction = float(getattr(self.hyp, "copy_paste", 0.0))
+        if not (self.augment and fraction):
+            return 0.0
+        if all(segments is None for segments in self.segments):
+            reason = "the labels are boxes only, and copy-paste pastes objects labelled with polygons"
+        elif not self.use_mosaic:
+            reason = "it acts on mosaics, as in yolov5, and mosaics are off"
+        else:
+            return fraction
+        if verbose:
+            LOGGER.warning(f"{prefix}copy_paste={fraction:g} does nothing here: {reason}.")
+        return 0.0
 
     def _cache_images(self, prefix: str, verbose: bool) -> None:
         from concurrent.futures import ThreadPoolExecutor
@@ -190,22 +217,29 @@ class LoadedDataset(Dataset):
         return self._read_resized(index)
 
     def _pixel_labels(self, index: int, width: float, height: float, pad_x: float = 0, pad_y: float = 0):
-        """Labels for the image resized to (width, height) plus pad: (n, 5) class, x1, y1, x2, y2 pixels."""
+        """Labels for the image resized to (width, height) plus pad: ((n, 5) class, x1, y1, x2, y2 pixels,
+        their segments in pixels or None, as utils.data.augment takes them)."""
         labels = self.labels[index].astype(np.float64)
         if len(labels):
             labels[:, 1:] = box_normxywh_to_xyxy(labels[:, 1:], width, height, pad_x, pad_y)
-        return labels
+        segments = self.segments[index]
+        if segments is not None:
+            segments = [s.astype(np.float64) * (width, height) + (pad_x, pad_y) for s in segments]
+        return labels, segments
 
     def _load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """A 4-image mosaic (this image + 3 random ones), randomly transformed to img_size square."""
         indices = [index, *(int(i) for i in self.rng.integers(0, len(self), size=3))]
 
-        def load_piece(k: int) -> tuple[np.ndarray, np.ndarray]:
+        def load_piece(k: int) -> tuple[np.ndarray, np.ndarray, list | None]:
             img, _, (h, w) = self.load_image(indices[k])
-            return img, self._pixel_labels(indices[k], w, h)
+            return img, *self._pixel_labels(indices[k], w, h)
 
         shapes_hw = [self._resized_hw(i) for i in indices]
-        return augment.random_mosaic(load_piece, shapes_hw, self.img_size, self.rng, self.perspective)
+        img, labels, _ = augment.random_mosaic(
+            load_piece, shapes_hw, self.img_size, self.rng, self.perspective, self.copy_paste
+        )
+        return img, labels
 
     def _resized_hw(self, index: int) -> tuple[int, int]:
         """(h, w) that load_image will return, known without reading the image."""
@@ -218,10 +252,12 @@ class LoadedDataset(Dataset):
         img, (ratio_h, ratio_w), (pad_x, pad_y) = preprocess.letterbox(
             img, shape, auto=False, scaleup=self.augment
         )
-        labels = self._pixel_labels(index, w * ratio_w, h * ratio_h, pad_x, pad_y)
+        labels, segments = self._pixel_labels(index, w * ratio_w, h * ratio_h, pad_x, pad_y)
         shapes = ((h0, w0), ((h * ratio_h / h0, w * ratio_w / w0), (pad_x, pad_y)))
         if self.augment:
-            img, labels = augment.random_perspective(img, labels, self.rng, self.perspective)
+            img, labels, _ = augment.random_perspective(
+                img, labels, self.rng, self.perspective, segments=segments
+            )
         return img, labels, shapes
 
     def __getitem__(self, index: int):

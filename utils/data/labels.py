@@ -1,11 +1,16 @@
 """YOLO label files: where an image's labels live, the checked scan of a dataset's images and labels
 (reported once, cached), and the writer of predictions in the same format.
 
-Each image is checked (readable, not truncated, at least 10 px) and its YOLO label file parsed (five
-values per row, coordinates in [0, 1], no duplicate rows). The result is cached as JSON next to the
-labels (e.g. ``labels/train.cache.json``), keyed by a hash of every file's path, size and mtime, so it is
-rebuilt whenever a file changes. Class ids are checked against nc after loading, so one cache serves
-any nc.
+Each image is checked (readable, not truncated, at least 10 px) and its YOLO label file parsed
+(coordinates in [0, 1], no duplicate rows). A row is a box, ``class cx cy w h``, or a polygon,
+``class x1 y1 x2 y2 x3 y3 ...`` (3 or more points, as Roboflow, CVAT and yolov5's segment datasets
+export them): a polygon's box is its extent, and its points are kept for the augmentations that use them
+(utils.data.augment). Unlike yolov5, which reads every row of a file holding a polygon as a polygon (a box
+row becomes a 2-point "polygon" whose extent is no box), each row is read as what it is.
+
+The result is cached as JSON next to the labels (e.g. ``labels/train.cache.json``), keyed by a hash of
+every file's path, size and mtime, so it is rebuilt whenever a file changes. Class ids are checked
+against nc after loading, so one cache serves any nc.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from utils.paths import atomic_open
 
 LOGGER = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: entries carry polygon points ("segments")
 MIN_IMAGE_SIZE = 10
 COORD_EPS = 1e-3  # tolerated rounding outside [0, 1]
 _ROTATED_EXIF = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -67,56 +72,101 @@ def _check_image(image_file: str) -> tuple[list[int] | None, str]:
     return [width, height], ""
 
 
-def _parse_labels(label_file: str) -> tuple[list[list[float]], str, str]:
-    """-> (rows, error, note). error makes the image unusable; note is a warning (duplicates removed)."""
+def _row_length_error(number: int, length: int) -> str:
+    """Why a row of `length` values is neither a box (5) nor a polygon (class and 3+ x y pairs), or ""."""
+    if length == 5 or (length >= 7 and length % 2):
+        return ""
+    if length > 5:
+        return (
+            f"label row {number} has {length - 1} coordinates, an odd number; a polygon row is class "
+            "followed by x y pairs (class x1 y1 x2 y2 x3 y3 ...)"
+        )
+    return (
+        f"label row {number} has {length} values, expected 5 (class cx cy w h) or a polygon of 3 or more "
+        "points (class x1 y1 x2 y2 x3 y3 ...)"
+    )
+
+
+def _value_error(rows: list[np.ndarray], words: list[list[str]]) -> str:
+    """The first row whose values cannot be a label, or "". rows: one float array per row, as read."""
+
+    def first(bad) -> int:
+        return next((number for number, row in enumerate(rows, 1) if bad(row)), 0)
+
+    # NaN fails every range comparison below, so it must be caught first
+    if number := first(lambda row: not np.isfinite(row).all()):
+        return f"label row {number} has a value that is not a finite number (nan or inf)"
+    if number := first(lambda row: row[0] < 0 or row[0] != np.round(row[0])):
+        return f"label row {number} has class id {words[number - 1][0]}, expected an integer >= 0"
+    if number := first(lambda row: ((row[1:] < -COORD_EPS) | (row[1:] > 1 + COORD_EPS)).any()):
+        return f"label row {number} has coordinates outside [0, 1] (labels must be normalized)"
+    if number := first(lambda row: len(row) == 5 and (row[3:] <= 0).any()):
+        return f"label row {number} has a box of zero width or height"
+    if number := first(lambda row: len(row) > 5 and (np.ptp(_points(row), 0) <= 0).any()):
+        return (
+            f"label row {number} has a polygon of zero width or height (all its points on one vertical or "
+            "horizontal line)"
+        )
+    return ""
+
+
+def _points(row: np.ndarray) -> np.ndarray:
+    """A polygon row's points, clipped to [0, 1]: (k, 2) normalized x, y."""
+    return row[1:].clip(0, 1).reshape(-1, 2)
+
+
+def _box_and_segment(row: np.ndarray) -> tuple[list[float], list[float]]:
+    """A checked row -> ([class, cx, cy, w, h] normalized, polygon x1, y1, x2, y2, ... or [] for a box)."""
+    if len(row) == 5:
+        return [row[0], *row[1:].clip(0, 1)], []
+    points = _points(row)
+    low, high = points.min(0), points.max(0)  # the box is the polygon's extent
+    return [row[0], *(low + high) / 2, *(high - low)], points.ravel().tolist()
+
+
+def _parse_labels(label_file: str) -> tuple[list[list[float]], list[list[float]], str, str]:
+    """-> (rows, segments, error, note). rows: [class, cx, cy, w, h] normalized, one per label; segments:
+    [] when every row is a box, else one flat [x1, y1, x2, y2, ...] list per row ([] for a box row).
+    error makes the image unusable; note is a warning (duplicates removed)."""
     if not os.path.isfile(label_file):
-        return [], "", ""
+        return [], [], "", ""
     try:
         with open(label_file) as f:
-            lines = [line.split() for line in f.read().splitlines() if line.strip()]
+            words = [line.split() for line in f.read().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
-        return [], f"unreadable label file ({error})", ""
-    for number, row in enumerate(lines, 1):
-        if len(row) != 5:
-            return [], f"label row {number} has {len(row)} values, expected 5 (class cx cy w h)", ""
+        return [], [], f"unreadable label file ({error})", ""
+    for number, row in enumerate(words, 1):
+        if error := _row_length_error(number, len(row)):
+            return [], [], error, ""
     try:
-        labels = np.array(lines, dtype=np.float64).reshape(-1, 5)
+        rows = [np.array(row, dtype=np.float64) for row in words]
     except ValueError:
-        return [], "label file has a non-numeric value", ""
-    if not len(labels):
-        return [], "", ""
-    bad = np.nonzero(~np.isfinite(labels).all(1))[0]
-    if len(bad):  # NaN fails every range comparison below, so it must be caught first
-        return [], f"label row {bad[0] + 1} has a value that is not a finite number (nan or inf)", ""
-    classes, coords = labels[:, 0], labels[:, 1:]
-    bad = np.nonzero((classes < 0) | (classes != np.round(classes)))[0]
-    if len(bad):
-        return [], f"label row {bad[0] + 1} has class id {lines[bad[0]][0]}, expected an integer >= 0", ""
-    bad = np.nonzero(((coords < -COORD_EPS) | (coords > 1 + COORD_EPS)).any(1))[0]
-    if len(bad):
-        return [], f"label row {bad[0] + 1} has coordinates outside [0, 1] (labels must be normalized)", ""
-    bad = np.nonzero((coords[:, 2:] <= 0).any(1))[0]
-    if len(bad):
-        return [], f"label row {bad[0] + 1} has a box of zero width or height", ""
-    labels[:, 1:] = coords.clip(0, 1)
-    unique, first = np.unique(labels, axis=0, return_index=True)
-    note = ""
-    if len(unique) < len(labels):
-        note = f"{len(labels) - len(unique)} duplicate label row(s) removed"
-        labels = labels[np.sort(first)]
-    return labels.tolist(), "", note
+        return [], [], "label file has a non-numeric value", ""
+    if error := _value_error(rows, words):
+        return [], [], error, ""
+    boxes, segments = zip(*(_box_and_segment(row) for row in rows)) if rows else ((), ())
+    first_of = {}  # identical rows count once; the first is kept, in file order
+    for index, (box, segment) in enumerate(zip(boxes, segments)):
+        first_of.setdefault((box[0], *segment) if segment else tuple(box), index)
+    kept = list(first_of.values())
+    note = f"{len(rows) - len(kept)} duplicate label row(s) removed" if len(kept) < len(rows) else ""
+    labels = np.array([boxes[i] for i in kept], dtype=np.float64).reshape(-1, 5).tolist()
+    polygons = [segments[i] for i in kept] if any(segments) else []
+    return labels, polygons, "", note
 
 
 def _check_pair(image_file: str) -> dict:
     shape, error = _check_image(image_file)
-    labels, note = [], ""
+    labels, segments, note = [], [], ""
     label_file = label_file_for(image_file)
     if not error:
-        labels, error, note = _parse_labels(label_file)
+        labels, segments, error, note = _parse_labels(label_file)
+        error = f"{label_file}: {error}" if error else ""
     return {
         "image": image_file,
         "shape": shape,
         "labels": labels,
+        "segments": segments,
         "error": error,
         "note": note,
         "label_file": os.path.isfile(label_file),
@@ -185,7 +235,10 @@ def check_classes(entries: list[dict], nc: int | None) -> None:
         classes = [int(row[0]) for row in entry["labels"]]
         if max(classes) >= nc:
             row = int(np.argmax(classes)) + 1
-            entry["error"] = f"label row {row} has class id {max(classes)} but the data YAML says nc={nc}"
+            entry["error"] = (
+                f"{label_file_for(entry['image'])}: label row {row} has class id {max(classes)} but the data "
+                f"YAML says nc={nc}"
+            )
 
 
 def summarize(entries: list[dict], prefix: str, cache_file: Path | None, verbose: bool = True) -> None:
@@ -213,6 +266,24 @@ def summarize(entries: list[dict], prefix: str, cache_file: Path | None, verbose
         LOGGER.info(
             f"{prefix}{len(entries)} images, {backgrounds} backgrounds, {corrupt} corrupt{advice}{source}"
         )
+
+
+def no_training_labels(entries: list[dict], sources, prefix: str) -> str:
+    """The one sentence that stops training on a split where no usable image has a label row, or ""."""
+    if any(entry["labels"] for entry in entries if not entry["error"]):
+        return ""
+    refused = [entry for entry in entries if entry["error"]]
+    if not refused:
+        return (
+            f"{prefix}no label to train on in {sources}: none of its {len(entries)} images has a label row "
+            f"(e.g. {label_file_for(entries[0]['image'])} is missing or empty); add YOLO label files there."
+        )
+    first = refused[0]
+    return (
+        f"{prefix}no label to train on in {sources}: {len(refused)} of its {len(entries)} images were "
+        f"refused (the first, {first['image']}, for {first['error']}) and the others have no label rows; "
+        "fix the label files (each is named in the warnings above)."
+    )
 
 
 def write_yolo_labels(
