@@ -23,6 +23,7 @@ import numpy as np
 
 from utils.cli import (
     DNN_REFUSED,
+    augment_option,
     build_parser,
     device_option,
     exist_ok_option,
@@ -48,7 +49,6 @@ class DetectOptions:
     and drops (utils.cli.build_parser)."""
 
     REFUSED: ClassVar[dict[str, str]] = {
-        "--augment": "(test-time augmentation) is not implemented yet; drop it.",
         "--view-img": "is not implemented yet; the annotated images and videos are in the run folder.",
         "--vid-stride": "is not implemented yet; every frame of a video is read.",
         "--save-csv": "is not implemented yet; --save-txt --save-conf writes each image's boxes and scores.",
@@ -79,6 +79,7 @@ class DetectOptions:
     agnostic_nms: bool = option(False, "suppress across classes")
     device: str = device_option(help="cpu or a CUDA index such as 0 (default: cuda if present)")
     half: bool = half_option()
+    augment: bool = augment_option()
     save_txt: bool = option(False, "write YOLO label files to labels/")
     save_conf: bool = option(False, "add the confidence to --save-txt rows")
     save_crop: bool = option(False, "write each box's crop to crops/<class>/")
@@ -98,7 +99,7 @@ class DetectOptions:
 
     def detector(self) -> Detector:
         """A Detector with these weights, device, precision and settings."""
-        detector = Detector(self.weights, self.device, half=self.half)
+        detector = Detector(self.weights, self.device, half=self.half, augment=self.augment)
         detector.size, detector.classes, detector.agnostic = self.img_size, self.classes, self.agnostic_nms
         detector.conf, detector.iou, detector.max_det = self.conf_thres, self.iou_thres, self.max_det
         detector.check_classes(self.classes)

@@ -22,6 +22,7 @@ import torch
 
 from utils.cli import (
     DNN_REFUSED,
+    augment_option,
     device_option,
     exist_ok_option,
     half_option,
@@ -36,6 +37,7 @@ from utils.data.config import bundled_defaults, load_data_config
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import load_inference_model
+from utils.deploy.tta import AugmentedInference
 from utils.errors import ConfigError, DataError
 from utils.evaluation.evaluate import Thresholds, evaluate
 from utils.evaluation.loader import validation_loader
@@ -63,7 +65,6 @@ class ValOptions:
     refuses in one sentence (utils.cli.build_parser)."""
 
     REFUSED: ClassVar[dict[str, str]] = {
-        "--augment": "(test-time augmentation) is not implemented yet; drop it.",
         "--single-cls": "is not implemented yet; drop it, or give a dataset YAML with nc: 1 and class 0 in "
         "every label.",
         "--save-hybrid": "is refused: yolov5 adds the ground-truth labels to the predictions it scores and "
@@ -89,6 +90,7 @@ class ValOptions:
     task: str = option("val", None, choices=("val", "test", "speed"))
     device: str = device_option(help="cpu, 0, 0,1 ... (default: GPU 0 when available)")
     half: bool = half_option()
+    augment: bool = augment_option()
     workers: int = option(2, "dataloader worker processes")
     save_json: bool = option(False, "write COCO-format predictions.json")
     save_txt: bool = option(False, "write YOLO-format predictions to labels/")
@@ -127,6 +129,8 @@ def run(options: ValOptions | None = None, model: InferenceModel | None = None, 
     options = (options or ValOptions(**values)).check()
     if model is None:
         model = load_inference_model(options.weights, options.device, half=options.half)
+    if options.augment:
+        model = AugmentedInference(model)
     data_config = load_data_config(options.data)
     if data_config["nc"] != model.nc:
         raise DataError(

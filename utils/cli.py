@@ -51,6 +51,10 @@ def device_option(default: str = "", help: str = "cpu, 0 or 0,1 (empty: first GP
     return option(default, help)
 
 
+def augment_option() -> Any:
+    return option(False, "test-time augmentation as yolov5's: scales 1, 0.83 (mirrored) and 0.67, merged")
+
+
 def half_option() -> Any:
     return option(
         False, "half-precision inference: float16 on CUDA, bfloat16 on a CPU that computes it natively"

@@ -32,6 +32,7 @@ from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.data.sources import read_image
 from utils.deploy.backend import load_inference_model
 from utils.deploy.detections import Detections, Failure
+from utils.deploy.tta import AugmentedInference
 from utils.device import half_dtype, select_device, time_sync
 from utils.errors import ConfigError, ImageError
 from utils.inference import InferenceModel, TorchInferenceModel
@@ -104,11 +105,16 @@ class Detector:
     threshold), iou (NMS IoU threshold), classes (keep only these class indices; None: all), agnostic
     (suppress across classes), max_det (boxes per image).
     half: yolov5's --half, see utils.deploy.backend.load_inference_model (float16 on CUDA, bfloat16 on a
-    CPU that computes it natively; refused elsewhere).
+    CPU that computes it natively; refused elsewhere). augment: yolov5's test-time augmentation (--augment,
+    utils.deploy.tta) for every call, unless a call says otherwise.
     """
 
     def __init__(
-        self, weights: str | Path | InferenceModel | torch.nn.Module, device: str = "", half: bool = False
+        self,
+        weights: str | Path | InferenceModel | torch.nn.Module,
+        device: str = "",
+        half: bool = False,
+        augment: bool = False,
     ) -> None:
         if isinstance(weights, InferenceModel):
             self.model = weights
@@ -123,6 +129,8 @@ class Detector:
         self.conf, self.iou, self.max_det = 0.25, 0.45, 1000
         self.classes: list[int] | None = None
         self.agnostic = False
+        self.augment = augment
+        self._augmented = AugmentedInference(self.model)
 
     def input_hw(self, size: int | Sequence[int] | None = None) -> tuple[int, int]:
         """(height, width) to letterbox to: a static ONNX graph's own size, else ``size`` (default: the
@@ -163,14 +171,16 @@ class Detector:
         self,
         inputs: ImageInput | Sequence[ImageInput] | torch.Tensor,
         size: int | Sequence[int] | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        classes: list[int] | None = None,
-        max_det: int | None = None,
+        augment: bool | None = None,
         errors: str = "raise",
         channels: str = "rgb",
+        **settings: Any,
     ) -> Detections | torch.Tensor:
         """Detect in one input or a list of them (paths, PIL images, uint8 numpy arrays, mixed).
+
+        size and augment (test-time augmentation; None: the detector's ``augment``) as in yolov5's
+        ``model(ims, size, augment)``; ``settings``: this call's conf, iou, classes and max_det, in place of
+        the detector's (see ``thresholds``).
 
         errors: "raise" (an unusable input raises ImageError naming it) or "skip" (it is left out, with a
         warning, and recorded in the result's ``failures``).
@@ -188,13 +198,14 @@ class Detector:
                 f"channels must be 'rgb' (numpy arrays as yolov5 and PIL give them) or 'bgr' (as OpenCV "
                 f"reads them), not {channels!r}."
             )
-        thresholds = self.thresholds(conf, iou, classes, max_det)
+        thresholds = self.thresholds(**settings)
         img_hw = self.input_hw(size)
         start = time_sync()
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         files, images, prepared, failures = self._load(items, img_hw, channels, errors)
         seconds = np.array([time_sync() - start, 0.0, 0.0])
-        detections, run_seconds = self.run_prepared(prepared, [thresholds] * len(prepared))
+        augment = self.augment if augment is None else augment
+        detections, run_seconds = self.run_prepared(prepared, [thresholds] * len(prepared), augment)
         seconds += run_seconds
         return Detections(
             images,
@@ -292,18 +303,20 @@ class Detector:
         ]
 
     def run_prepared(
-        self, prepared: Sequence[Prepared], thresholds: Sequence[dict]
+        self, prepared: Sequence[Prepared], thresholds: Sequence[dict], augment: bool = False
     ) -> tuple[list[torch.Tensor], np.ndarray]:
         """Detect in prepared images, each with its own ``thresholds()``: images of one letterboxed shape
-        run as one batch (``forward_passes``). -> (per image Tensor[n, 6] (x1, y1, x2, y2 original pixels,
-        score, class) on the CPU, seconds spent (stacking, inference, NMS))."""
+        run as one batch (``forward_passes``), with test-time augmentation when ``augment``. -> (per image
+        Tensor[n, 6] (x1, y1, x2, y2 original pixels, score, class) on the CPU, seconds spent (stacking,
+        inference, NMS))."""
+        model = self._augmented if augment else self.model
         detections: list[torch.Tensor] = [torch.zeros(0, 6)] * len(prepared)
         seconds = np.zeros(3)
         for chunk in self.forward_passes(prepared):
             stacked = time_sync()
             batch = torch.stack([prepared[k].tensor for k in chunk]).to(self.model.device).float() / 255
             start = time_sync()
-            prediction = self.model(batch)  # (B, N, 5 + nc) cx, cy, w, h (input pixels), obj, classes
+            prediction = model(batch)  # (B, N, 5 + nc) cx, cy, w, h (input pixels), obj, classes
             inferred = time_sync()
             for row, k in enumerate(chunk):  # NMS per image: each may have its own thresholds
                 det = non_max_suppression(prediction[row : row + 1], **thresholds[k])[0]
