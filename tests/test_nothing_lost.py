@@ -152,8 +152,8 @@ def test_bad_values_are_one_sentence(finished_run, tmp_path):
     hyp.write_text(yaml.safe_dump({"lr0": "fast"}))
     with pytest.raises(ConfigError, match="hyp.yaml: lr0 is 'fast', not a number"):
         load_hyp(hyp)
-    hyp.write_text(yaml.safe_dump({"copy_paste": 0.5}))
-    with pytest.raises(ConfigError, match="copy_paste augmentation is not implemented"):
+    hyp.write_text(yaml.safe_dump({"copy_pastes": 0.5}))
+    with pytest.raises(ConfigError, match=r"hyp.yaml: unknown hyperparameter\(s\) \['copy_pastes'\]"):
         load_hyp(hyp)
 
 

@@ -31,6 +31,9 @@ SCRATCH_LOW = {
 YOLOV5_HYPS = {
     "hyp.scratch-low.yaml": SCRATCH_LOW,
     "hyp.scratch-med.yaml": {**SCRATCH_LOW, "lrf": 0.1, "cls": 0.3, "obj": 0.7, "scale": 0.9, "mixup": 0.1},
+    "hyp.scratch-high.yaml": {
+        **SCRATCH_LOW, "lrf": 0.1, "cls": 0.3, "obj": 0.7, "scale": 0.9, "mixup": 0.1, "copy_paste": 0.1,
+    },
     "hyp.VOC.yaml": {
         **SCRATCH_LOW, "lr0": 0.00334, "lrf": 0.15135, "momentum": 0.74832, "weight_decay": 0.00025,
         "warmup_epochs": 3.3835, "warmup_momentum": 0.59462, "warmup_bias_lr": 0.18657, "box": 0.02,

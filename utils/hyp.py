@@ -9,8 +9,6 @@ from pathlib import Path
 from utils.errors import ConfigError, ConfigNotFoundError
 from utils.paths import ROOT, load_yaml_mapping
 
-UNIMPLEMENTED = ("copy_paste",)  # yolov5 hyperparameters this project does not implement
-
 
 @dataclass
 class Hyp:
@@ -49,6 +47,7 @@ class Hyp:
     fliplr: float = 0.5  # probability of a left-right flip
     mosaic: float = 1.0  # probability of a 4-image mosaic
     mixup: float = 0.0  # probability of mixup
+    copy_paste: float = 0.0  # fraction of a mosaic's polygon objects pasted, mirrored (needs polygons)
     # model: anchors per output level, which AutoAnchor then computes from the training labels (yolov5's
     # key, rounded as yolov5 rounds it); 0 keeps the model YAML's anchors
     anchors: float = 0.0
@@ -58,9 +57,9 @@ class Hyp:
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "hyperparameters") -> Hyp:
-        """Typed values; yolov5 keys we do not implement are accepted only when they switch nothing on."""
+        """Typed values of the known keys (every key of yolov5's hyperparameter files)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known - set(UNIMPLEMENTED))
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(
                 f"{source}: unknown hyperparameter(s) {unknown}; known keys are {sorted(known)}."
@@ -73,11 +72,6 @@ class Hyp:
                 raise ConfigError(
                     f"{source}: {key} is {value!r}, not a number; give it a numeric value."
                 ) from None
-        for key in UNIMPLEMENTED:  # a non-numeric one is named above like any other value
-            if typed.pop(key, 0.0) != 0.0:
-                raise ConfigError(
-                    f"{source}: {key} augmentation is not implemented; set {key} to 0 or remove it."
-                )
         return cls(**typed)
 
 
