@@ -12,7 +12,6 @@ import yaml
 
 import train
 import utils.train.trainer as trainer_module
-from tests.helpers import make_tiny_dataset
 from utils.errors import ConfigError
 from utils.hyp import Hyp, load_hyp
 from utils.train.optim import build_optimizer
@@ -50,16 +49,11 @@ YOLOV5_HYPS = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(model YAML, the run keywords) of a tiny dataset: 8 train and 4 val images at 64 px."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("flags")
-    data_yaml, model_yaml = make_tiny_dataset(root)
-    common = dict(
-        cfg=str(model_yaml), data=str(data_yaml), img_size=64, batch_size=4, device="cpu", workers=0,
-        project=str(root), repeat=1, plots=False, tensorboard=False,
-    )  # fmt: skip
-    return model_yaml, common
+def tiny(tiny_study_dataset):
+    """(model YAML, the run keywords) of conftest's tiny dataset: 8 train and 4 val images at 64 px."""
+    root, data_yaml, model_yaml = tiny_study_dataset
+    runs = dict(img_size=64, batch_size=4, device="cpu", workers=0, repeat=1, plots=False, tensorboard=False)
+    return model_yaml, dict(cfg=str(model_yaml), data=str(data_yaml), project=str(root / "runs"), **runs)
 
 
 def spy(monkeypatch, name: str) -> list:
