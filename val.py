@@ -33,7 +33,7 @@ from utils.cli import (
     script_main,
 )
 from utils.coco import coco_category_ids, coco_records, evaluate_coco_json, find_annotation_json, image_id_for
-from utils.data.config import bundled_defaults, load_data_config
+from utils.data.config import bundled_defaults, load_data_config, single_class_config
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import load_inference_model
@@ -41,7 +41,7 @@ from utils.deploy.tta import AugmentedInference
 from utils.errors import ConfigError, DataError
 from utils.evaluation.evaluate import Thresholds, evaluate
 from utils.evaluation.loader import validation_loader
-from utils.inference import InferenceModel
+from utils.inference import InferenceModel, SingleClassInference
 from utils.paths import increment_path
 
 LOGGER = logging.getLogger(__name__)
@@ -65,8 +65,6 @@ class ValOptions:
     refuses in one sentence (utils.cli.build_parser)."""
 
     REFUSED: ClassVar[dict[str, str]] = {
-        "--single-cls": "is not implemented yet; drop it, or give a dataset YAML with nc: 1 and class 0 in "
-        "every label.",
         "--save-hybrid": "is refused: yolov5 adds the ground-truth labels to the predictions it scores and "
         "saves, so the mAP it reports is not the model's; use --save-txt --save-conf.",
         "--dnn": DNN_REFUSED,
@@ -91,6 +89,9 @@ class ValOptions:
     device: str = device_option(help="cpu, 0, 0,1 ... (default: GPU 0 when available)")
     half: bool = half_option()
     augment: bool = augment_option()
+    single_cls: bool = option(
+        False, "score as one class: every label and prediction is class 0, suppressed class-agnostically"
+    )
     workers: int = option(2, "dataloader worker processes")
     save_json: bool = option(False, "write COCO-format predictions.json")
     save_txt: bool = option(False, "write YOLO-format predictions to labels/")
@@ -132,14 +133,20 @@ def run(options: ValOptions | None = None, model: InferenceModel | None = None, 
     if options.augment:
         model = AugmentedInference(model)
     data_config = load_data_config(options.data)
+    if options.single_cls:  # yolov5's: labels and predictions all class 0, whatever the model's classes
+        data_config = single_class_config(data_config)
+        model = SingleClassInference(model, data_config["names"][0])
     if data_config["nc"] != model.nc:
         raise DataError(
             f"{options.weights or 'the model'} predicts {model.nc} classes but {data_config['yaml_file']} "
-            f"has nc={data_config['nc']}; validate on the dataset the model was trained on."
+            f"has nc={data_config['nc']}; validate on the dataset the model was trained on"
+            + (", or score it as one class with --single-cls." if model.nc == 1 else ".")
         )
     size = default_img_size(options.img_size, options.data is not None, data_config, model.fixed_input_hw)
     size = check_img_size(size, model.stride)
-    loader = validation_loader(data_config, options.task, size, options.batch_size, options.workers, model)
+    loader = validation_loader(
+        data_config, options.task, size, options.batch_size, options.workers, model, options.single_cls
+    )
     model.warmup((size, size))
     save_dir = Path(
         options.save_dir or increment_path(Path(options.project) / options.name, options.exist_ok)

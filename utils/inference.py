@@ -63,6 +63,35 @@ class InferenceModel:
         self(torch.zeros(1, 3, *(self.fixed_input_hw or img_hw), device=self.device))
 
 
+class WrappedInference(InferenceModel):
+    """Runs ``model`` and changes its input or output (a subclass's ``__call__``); it has the wrapped model's
+    stride, device, input size and precision, and its names unless ``names`` are given."""
+
+    def __init__(self, model: InferenceModel, names: list[str] | None = None) -> None:
+        super().__init__(model.names if names is None else names, model.stride, model.device, model.deploy)
+        self.model = model
+        self.kind, self.fixed_input_hw = model.kind, model.fixed_input_hw
+        self.train_img_size, self.half_precision, self.int8 = (
+            model.train_img_size,
+            model.half_precision,
+            model.int8,
+        )
+
+
+class SingleClassInference(WrappedInference):
+    """``model`` scored as one class, as yolov5's val.py --single-cls scores it: each prediction's class
+    scores become one, their maximum. yolov5 keeps each class over the threshold as a detection, suppresses
+    them all together (class-agnostic NMS) and calls them class 0, which leaves each box at its best class's
+    score: what the maximum gives, with NMS here left class-aware over the one class."""
+
+    def __init__(self, model: InferenceModel, name: str) -> None:
+        super().__init__(model, [name])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        prediction = self.model(images)  # (B, N, 5 + nc) cx, cy, w, h, objectness, class scores
+        return torch.cat((prediction[..., :5], prediction[..., 5:].amax(-1, keepdim=True)), -1)  # (B, N, 6)
+
+
 class TorchInferenceModel(InferenceModel):
     """A ``models.yolo.Model`` in eval mode. ``model`` is the underlying nn.Module.
 

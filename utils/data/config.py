@@ -14,6 +14,7 @@ from utils.paths import ROOT, load_yaml_mapping
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BUNDLED_DATA = ROOT / "data" / "shapes.yaml"
+SINGLE_CLASS_NAME = "item"  # yolov5's name for the one class of a single-class run
 
 
 def _resolve_root(data: dict, yaml_file: Path) -> Path:
@@ -90,6 +91,14 @@ def load_data_config(path: str | Path | None = None) -> dict:
         yaml_file=str(yaml_file),
     )
     return config
+
+
+def single_class_config(config: dict) -> dict:
+    """The data config read as one class, as yolov5's --single-cls reads it: nc 1, named as the dataset's
+    one name when it has exactly one, else "item". The labels' classes become 0 where they are loaded
+    (utils.data.dataset.LoaderConfig.single_cls)."""
+    names = config["names"] if len(config["names"]) == 1 else [SINGLE_CLASS_NAME]
+    return {**config, "nc": 1, "names": list(names)}
 
 
 def bundled_defaults(config: dict, named: bool) -> dict:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
-from utils.data import augment, disk_cache, preprocess
+from utils.data import augment, disk_cache, preprocess, quad
 from utils.data.config import IMAGE_SUFFIXES, image_files_from_sources
 from utils.data.labels import check_classes, no_training_labels, scan_files, summarize
 from utils.errors import DataError
@@ -51,6 +51,8 @@ class LoaderConfig:
     prefix: str = ""  # starts each log message, e.g. "train: "
     nc: int | None = None  # classes in the data YAML, checked against the labels; None: from the labels
     repeat: int = 1  # passes over the dataset per epoch; 0: enough for MIN_EPOCH_BATCHES batches
+    single_cls: bool = False  # every label's class read as 0 (yolov5's --single-cls); nc is then 1
+    quad: bool = False  # yolov5's quad loader: each 4 images of a batch become one (see quad_collate)
 
     @property
     def verbose(self) -> bool:
@@ -78,7 +80,7 @@ class LoadedDataset(Dataset):
                 f"{prefix}no images ({', '.join(IMAGE_SUFFIXES)}) found in {sources}; fix the data paths."
             )
         entries, cache_file = scan_files(files)
-        check_classes(entries, nc)
+        check_classes(entries, None if config.single_cls else nc)  # single_cls: any class becomes 0
         summarize(entries, prefix, cache_file, config.verbose)
         usable = [e for e in entries if not e["error"]]
         if config.augment and (error := no_training_labels(entries, sources, prefix)):
@@ -96,6 +98,10 @@ class LoadedDataset(Dataset):
             for e in usable
         ]
         self.shapes = np.array([e["shape"] for e in usable], dtype=np.int64)  # (N, 2) original (w, h)
+        if config.single_cls:
+            nc = 1
+            for labels in self.labels:
+                labels[:, 0] = 0
         self.nc = (
             nc
             if nc is not None
@@ -306,6 +312,14 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
     return torch.stack(padded), torch.cat(targets, 0), list(paths), list(shapes)
 
 
+def quad_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str], list]:
+    """yolov5's quad loader: collate, then each 4 images become one of twice the side (utils.data.quad);
+    paths and shapes are those of each 4's first image."""
+    images, targets, paths, shapes = collate(batch)
+    images, targets = quad.random_quads(images, targets)
+    return images, targets, paths[: 4 * len(images) : 4], shapes[: 4 * len(images) : 4]
+
+
 def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)  # workers are the parallelism; cv2's own threads would oversubscribe the cores
     info = torch.utils.data.get_worker_info()
@@ -331,6 +345,11 @@ def create_dataloader(sources: str | Path | list, config: LoaderConfig) -> tuple
         shuffle = False
     dataset = LoadedDataset(sources, config)
     batch_size = min(config.batch_size, len(dataset))
+    if config.quad and batch_size < 4:
+        raise DataError(
+            f"{prefix}the quad loader makes one image of each 4 in a batch, but a batch here holds "
+            f"{batch_size}; give a batch size of 4 or more (and at least 4 images)."
+        )
     world_size = config.world_size if rank >= 0 else 1
     cpus = (os.cpu_count() or 1) // world_size
     workers = max(0, min(config.workers, cpus, math.ceil(len(dataset) / batch_size)))
@@ -353,7 +372,8 @@ def create_dataloader(sources: str | Path | list, config: LoaderConfig) -> tuple
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
-        collate_fn=collate,
+        collate_fn=quad_collate if config.quad else collate,
+        drop_last=config.quad,  # as yolov5's: a quad batch is made of whole 4s
         worker_init_fn=_worker_init,
         generator=generator,
         persistent_workers=workers > 0,

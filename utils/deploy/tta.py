@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from utils.inference import LETTERBOX_GRAY, InferenceModel
+from utils.inference import LETTERBOX_GRAY, WrappedInference
 
 SCALES = (1.0, 0.83, 0.67)  # yolov5's
 FLIPS = (False, True, False)  # a left-right mirror per scale
@@ -44,19 +44,9 @@ def level_cells(hw: tuple[int, int], stride: int) -> list[int]:
     return [math.ceil(hw[0] / s) * math.ceil(hw[1] / s) for s in strides]
 
 
-class AugmentedInference(InferenceModel):
+class AugmentedInference(WrappedInference):
     """``model`` run on each batch at SCALES with FLIPS; returns the merged predictions (B, N', 5 + nc) in
     the full-size input's pixels, as ``model`` returns its own."""
-
-    def __init__(self, model: InferenceModel) -> None:
-        super().__init__(model.names, model.stride, model.device, model.deploy)
-        self.model = model
-        self.kind, self.fixed_input_hw, self.train_img_size = (
-            model.kind,
-            model.fixed_input_hw,
-            model.train_img_size,
-        )
-        self.half_precision, self.int8 = model.half_precision, model.int8
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]

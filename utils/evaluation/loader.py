@@ -9,10 +9,17 @@ from utils.inference import InferenceModel
 
 
 def validation_loader(
-    data_config: dict, task: str, img_size: int, batch_size: int, workers: int, predictor: InferenceModel
+    data_config: dict,
+    task: str,
+    img_size: int,
+    batch_size: int,
+    workers: int,
+    predictor: InferenceModel,
+    single_cls: bool = False,
 ):
     """yolov5's validation loader: rect batches padded by half a stride, except for the speed task and
-    fixed-size graphs (ONNX, OpenVINO), which get plain square letterboxes."""
+    fixed-size graphs (ONNX, OpenVINO), which get plain square letterboxes. single_cls: every label's class
+    read as 0 (for a single-class predictor, see utils.inference.SingleClassInference)."""
     split = "val" if task == "speed" else task
     sources = data_config.get(split)
     if not sources:
@@ -24,6 +31,7 @@ def validation_loader(
     config = LoaderConfig(
         img_size=img_size, batch_size=batch_size, stride=predictor.stride, rect=rect,
         pad=0.5 if rect else 0.0, workers=workers, prefix=f"{split}: ", nc=predictor.nc,
+        single_cls=single_cls,
     )  # fmt: skip
     loader, _ = create_dataloader(sources, config)
     return loader

@@ -37,13 +37,8 @@ class TrainOptions:
     sentence, or accepts and drops because they would change nothing (utils.cli.build_parser)."""
 
     REFUSED: ClassVar[dict[str, str]] = {
-        "--rect": "(rectangular training batches) is not implemented yet: training batches are square "
-        "mosaics; drop it (validation already runs rectangular batches).",
         "--multi-scale": "is not implemented yet; drop it (training runs at --img).",
         "--image-weights": "is not implemented yet; drop it (images are drawn uniformly).",
-        "--quad": "(the quad loader) is not implemented yet; drop it.",
-        "--single-cls": "is not implemented yet; drop it, or give a dataset YAML with nc: 1 and class 0 in "
-        "every label.",
         "--evolve": EVOLVE,
         "--evolve_population --evolve-population": EVOLVE,
         "--resume_evolve --resume-evolve": EVOLVE,
@@ -90,6 +85,11 @@ class TrainOptions:
     repeat: int = option(
         0, "passes over the training set per epoch (default 0: enough for 16 batches; 1: one pass)"
     )  # see utils.train.optim.epoch_repeats
+    single_cls: bool = option(False, "train as one class: every label's class is 0, named item")
+    rect: bool = option(
+        False, "rectangular training batches: images in aspect-ratio order, a shape per batch, no mosaic"
+    )  # utils.data.dataset.LoaderConfig.rect; the order is fixed, as yolov5's
+    quad: bool = option(False, "quad dataloader: each 4 images of a batch become one of twice the side")
     optimizer: str = option("SGD", None, choices=list(OPTIMIZERS))
     cos_lr: bool = option(False, "cosine learning-rate decay (default: linear)")
     patience: int = option(100, "early stop after N epochs without improvement")

@@ -26,7 +26,7 @@ from utils.checkpoint import (
     plain,
     save_checkpoint,
 )
-from utils.data.config import load_data_config
+from utils.data.config import load_data_config, single_class_config
 from utils.data.dataset import LoaderConfig, create_dataloader
 from utils.data.preprocess import check_img_size
 from utils.device import init_seeds, select_device, training_precision
@@ -81,6 +81,8 @@ def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
         save_dir = resume_path.parent.parent
     with main_process_first(context):
         data_config = load_data_config(options.data)
+    if options.single_cls:  # from here on the dataset has one class (nc 1, its name), as in yolov5
+        data_config = single_class_config(data_config)
     options = options.resolve(data_config)
     if resume_ckpt is not None and int(resume_ckpt.get("nc", data_config["nc"])) != data_config["nc"]:
         raise CheckpointError(
@@ -220,6 +222,11 @@ class Trainer:
                 f"batch_size {options.batch_size} is not a multiple of the {context.world_size} processes; "
                 "make it one."
             )
+        if options.quad and (options.batch_size // context.world_size) % 4:
+            raise ConfigError(
+                f"quad makes one image of each 4 in a batch, so the batch size per process must be a "
+                f"multiple of 4, and it is {options.batch_size // context.world_size}; make it one."
+            )
         self.tensorboard = None
         if context.is_main:
             self._write_run_files()
@@ -238,10 +245,13 @@ class Trainer:
     def _build_data(self) -> None:
         options, context, stride = self.options, self.context, int(self.model.stride.max())
         per_rank_batch = options.batch_size // context.world_size
-        common = dict(workers=options.workers, cache=options.cache, nc=self.data["nc"])
+        common = dict(
+            workers=options.workers, cache=options.cache, nc=self.data["nc"], single_cls=options.single_cls
+        )
         train_config = LoaderConfig(
             img_size=self.img_size, batch_size=per_rank_batch, stride=stride, hyp=self.hyp, augment=True,
             shuffle=True, rank=context.rank, world_size=context.world_size, seed=options.seed,
+            rect=options.rect, pad=0.0, quad=options.quad,  # rect: yolov5 pads training batches by 0
             prefix="train: ", repeat=options.repeat, **common,
         )  # fmt: skip
         self.train_loader, self.train_set = create_dataloader(self.data["train"], train_config)
@@ -307,7 +317,8 @@ class Trainer:
             LOGGER.info(f"Precision: {precision.name} ({precision.reason}).")
         warmup = warmup_iterations(hyp, self.batches, options.epochs)
         last_step = self.start_epoch * self.batches - 1
-        plan = StepPlan(accumulate, warmup, last_step, loss_scale=self.context.world_size)
+        quad = 4 if options.quad else 1  # a quad batch holds a quarter of the images (utils.data.quad)
+        plan = StepPlan(accumulate, warmup, last_step, loss_scale=self.context.world_size * quad)
         self.step = OptimizerStep(self.model, optimizer, schedule, hyp, plan, ema, precision)
 
     def train(self, stop_after_epochs: int | None = None) -> dict:
