@@ -9,6 +9,7 @@ without labels is only reported by its evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from utils.boxes import box_normxywh_to_xyxy, box_xyxy_to_normxywh
 from utils.data import augment, disk_cache, preprocess, quad
 from utils.data.config import IMAGE_SUFFIXES, image_files_from_sources
 from utils.data.labels import check_classes, no_training_labels, scan_files, summarize
+from utils.data.sampling import ImageWeightSampler
 from utils.errors import DataError
 from utils.hyp import Hyp
 
@@ -53,6 +55,7 @@ class LoaderConfig:
     repeat: int = 1  # passes over the dataset per epoch; 0: enough for MIN_EPOCH_BATCHES batches
     single_cls: bool = False  # every label's class read as 0 (yolov5's --single-cls); nc is then 1
     quad: bool = False  # yolov5's quad loader: each 4 images of a batch become one (see quad_collate)
+    image_weights: bool = False  # draw images by class weights (utils.data.sampling); one process only
 
     @property
     def verbose(self) -> bool:
@@ -338,8 +341,13 @@ def create_dataloader(sources: str | Path | list, config: LoaderConfig) -> tuple
     """Build the dataset and its DataLoader (one batch: see collate). Under DDP (config.rank >= 0,
     config.world_size processes) a DistributedSampler splits the data; call loader.sampler.set_epoch(epoch)
     each epoch. config.repeat: passes over the dataset per epoch (each pass in its own order); 0 picks
-    enough passes for MIN_EPOCH_BATCHES batches (see epoch_repeats)."""
+    enough passes for MIN_EPOCH_BATCHES batches (see epoch_repeats). config.image_weights: the loader's
+    sampler is an ImageWeightSampler (utils.data.sampling) drawing that many images per epoch by class
+    weights, for one process (it splits nothing between DDP processes); rect batches are turned off."""
     shuffle, rank, seed, prefix = config.shuffle, config.rank, config.seed, config.prefix
+    if config.image_weights and config.rect:
+        LOGGER.warning(f"{prefix}images drawn by class weights make no rect batches; rect turned off.")
+        config = dataclasses.replace(config, rect=False)
     if config.rect and shuffle:
         LOGGER.warning(f"{prefix}rect batches need a fixed order; shuffle turned off.")
         shuffle = False
@@ -363,6 +371,9 @@ def create_dataloader(sources: str | Path | list, config: LoaderConfig) -> tuple
             )
     epoch_set = dataset if repeat <= 1 else Subset(dataset, list(range(len(dataset))) * repeat)
     sampler = DistributedSampler(epoch_set, shuffle=shuffle, seed=seed) if rank >= 0 else None
+    if config.image_weights:  # the passes' worth of images, drawn from the whole set by weight
+        sampler = ImageWeightSampler(dataset.labels, dataset.nc, len(epoch_set), seed)
+        epoch_set = dataset
     generator = torch.Generator()
     generator.manual_seed(seed * 1000 + max(rank, 0))
     loader = DataLoader(

@@ -58,6 +58,13 @@ class EvaluationResult:
     def recall(self) -> float:
         return float(self.metrics.mean_recall) if self.metrics is not None else 0.0
 
+    def class_maps(self) -> np.ndarray:
+        """(nc,) mAP50-95 per class, a class without ground truth given the mean over the others (yolov5's
+        ``maps``); zeros for a speed-only run."""
+        if self.metrics is None:
+            return np.zeros(len(self.names))
+        return np.where(self.metrics.has_gt, self.metrics.ap50_95, self.metrics.map50_95)
+
     def speed_ms(self) -> dict[str, float]:
         values = self.seconds * 1e3 / max(self.images, 1)
         return dict(zip(("preprocess", "inference", "nms"), (float(v) for v in values)))

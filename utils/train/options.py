@@ -37,8 +37,6 @@ class TrainOptions:
     sentence, or accepts and drops because they would change nothing (utils.cli.build_parser)."""
 
     REFUSED: ClassVar[dict[str, str]] = {
-        "--multi-scale": "is not implemented yet; drop it (training runs at --img).",
-        "--image-weights": "is not implemented yet; drop it (images are drawn uniformly).",
         "--evolve": EVOLVE,
         "--evolve_population --evolve-population": EVOLVE,
         "--resume_evolve --resume-evolve": EVOLVE,
@@ -90,6 +88,12 @@ class TrainOptions:
         False, "rectangular training batches: images in aspect-ratio order, a shape per batch, no mosaic"
     )  # utils.data.dataset.LoaderConfig.rect; the order is fixed, as yolov5's
     quad: bool = option(False, "quad dataloader: each 4 images of a batch become one of twice the side")
+    multi_scale: bool = option(
+        False, "resize each training batch to a random size from 0.5x to 1.5x --img (stride multiples)"
+    )  # see utils.train.epoch.MultiScale
+    image_weights: bool = option(
+        False, "draw training images by their classes' weights: inverse frequency x (1 - class mAP)^2"
+    )  # see utils.data.sampling; one process only
     optimizer: str = option("SGD", None, choices=list(OPTIMIZERS))
     cos_lr: bool = option(False, "cosine learning-rate decay (default: linear)")
     patience: int = option(100, "early stop after N epochs without improvement")

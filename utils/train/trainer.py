@@ -40,7 +40,7 @@ from utils.paths import increment_path, write_text_atomic
 from utils.train.autoanchor import check_anchors
 from utils.train.distributed import DistributedContext, broadcast_flag, init_distributed, main_process_first
 from utils.train.ema import ModelEMA, unwrap_model
-from utils.train.epoch import train_one_epoch
+from utils.train.epoch import BatchHooks, MultiScale, train_one_epoch
 from utils.train.loss import YoloLoss
 from utils.train.optim import (
     MIN_STEPS_PER_EPOCH,
@@ -227,6 +227,11 @@ class Trainer:
                 f"quad makes one image of each 4 in a batch, so the batch size per process must be a "
                 f"multiple of 4, and it is {options.batch_size // context.world_size}; make it one."
             )
+        if options.image_weights and context.distributed:
+            raise ConfigError(
+                "image_weights draws the training images in one process and cannot be split between DDP "
+                "processes (yolov5 refuses it too); train in one process or drop it."
+            )
         self.tensorboard = None
         if context.is_main:
             self._write_run_files()
@@ -252,9 +257,11 @@ class Trainer:
             img_size=self.img_size, batch_size=per_rank_batch, stride=stride, hyp=self.hyp, augment=True,
             shuffle=True, rank=context.rank, world_size=context.world_size, seed=options.seed,
             rect=options.rect, pad=0.0, quad=options.quad,  # rect: yolov5 pads training batches by 0
-            prefix="train: ", repeat=options.repeat, **common,
+            prefix="train: ", repeat=options.repeat, image_weights=options.image_weights, **common,
         )  # fmt: skip
         self.train_loader, self.train_set = create_dataloader(self.data["train"], train_config)
+        grid = max(stride, 32)  # the multiple img_size was rounded to (check_img_size)
+        self.multi_scale = MultiScale(self.img_size, grid, options.seed) if options.multi_scale else None
         self.val_loader = None
         if context.is_main:
             val_config = LoaderConfig(
@@ -347,9 +354,10 @@ class Trainer:
             if self.context.distributed:
                 self.train_loader.sampler.set_epoch(epoch)
             plot_batch_now = main and epoch == 0 and self.options.plots
+            hooks = BatchHooks(self._plot_first_batch if plot_batch_now else None, self.multi_scale)
             mean_loss = train_one_epoch(
                 self.model, self.train_loader, self.loss_fn, self.step, epoch, epochs, show_progress=main,
-                on_first_batch=self._plot_first_batch if plot_batch_now else None,
+                hooks=hooks,
             )  # fmt: skip
             stop = False
             if main:
@@ -399,6 +407,8 @@ class Trainer:
         final = epoch + 1 == self.options.epochs
         validated = not self.options.noval or final
         result = self._validate(ema.ema) if validated else NOT_VALIDATED
+        if validated and self.options.image_weights:  # unvalidated epochs keep the last weights
+            self.train_loader.sampler.update(result.class_maps())
         map50, map50_95 = result.map50, result.map50_95
         current = fitness(map50, map50_95)
         row = {
