@@ -93,7 +93,7 @@ class ValOptions:
         False, "score as one class: every label and prediction is class 0, suppressed class-agnostically"
     )
     workers: int = option(2, "dataloader worker processes")
-    save_json: bool = option(False, "write COCO-format predictions.json")
+    save_json: bool = option(False, "write COCO-format detections to <weights stem>_predictions.json")
     save_txt: bool = option(False, "write YOLO-format predictions to labels/")
     save_conf: bool = option(False, "with --save-txt, a confidence column after the box (as yolov5)")
     verbose: bool = option(False, "print mAP per class")
@@ -153,7 +153,10 @@ def run(options: ValOptions | None = None, model: InferenceModel | None = None, 
     )
     save_dir.mkdir(parents=True, exist_ok=True)
     category_ids = coco_category_ids(data_config, model.nc)
-    outputs = _Outputs(save_dir, options.save_txt, options.save_conf, options.save_json, category_ids)
+    json_file = (
+        save_dir / f"{Path(options.weights).stem or 'model'}_predictions.json" if options.save_json else None
+    )
+    outputs = _Outputs(save_dir, options.save_txt, options.save_conf, json_file, category_ids)
     thresholds = Thresholds(options.conf_thres, options.iou_thres, options.max_det)
     speed_only, names = options.task == "speed", list(data_config["names"])
     result = evaluate(model, loader, names, thresholds, speed_only, options.quiet, on_image=outputs)
@@ -171,16 +174,18 @@ def run(options: ValOptions | None = None, model: InferenceModel | None = None, 
 
 
 class _Outputs:
-    """Per-image predictions as YOLO txt files (labels/) and COCO JSON records (predictions.json)."""
+    """Per-image predictions as YOLO txt files (labels/) and COCO JSON records (``json_file``: yolov5's name,
+    <weights stem>_predictions.json)."""
 
     def __init__(
-        self, save_dir: Path, save_txt: bool, save_conf: bool, save_json: bool, category_ids: list[int]
+        self, save_dir: Path, save_txt: bool, save_conf: bool, json_file: Path | None, category_ids: list[int]
     ) -> None:
         self.save_dir, self.category_ids, self.save_conf = save_dir, category_ids, save_conf
         self.labels_dir = save_dir / "labels" if save_txt else None
         if self.labels_dir is not None:
             self.labels_dir.mkdir(parents=True, exist_ok=True)
-        self.records: list[dict] | None = [] if save_json else None
+        self.json_file = json_file
+        self.records: list[dict] | None = [] if json_file is not None else None
         self.image_ids: list = []
 
     def __call__(self, det: torch.Tensor, path: str, original_hw: tuple[int, int]) -> None:
@@ -191,8 +196,8 @@ class _Outputs:
             self.image_ids.append(image_id_for(path))
 
     def write_json(self, annotation_json: Path | None, quiet: bool) -> dict | None:
-        """Write predictions.json; with the dataset's annotation JSON, pycocotools' stats."""
-        json_file = self.save_dir / "predictions.json"
+        """Write ``json_file``; with the dataset's annotation JSON, pycocotools' stats."""
+        json_file = self.json_file
         json_file.write_text(json.dumps(self.records))
         LOGGER.info("Saved %d COCO-format detections to %s", len(self.records), json_file)
         if annotation_json is None:

@@ -136,7 +136,7 @@ def test_run_with_weights_writes_everything(dataset, two_class_yolov5n_weights, 
     assert label_files == ["0001.txt", "0002.txt", "0003.txt", "0004.txt"]
     first = (save_dir / "labels" / "0001.txt").read_text().split("\n")[0].split()
     assert len(first) == 6 and 0 <= float(first[1]) <= 1 and 0 <= float(first[5]) <= 1
-    records = json.loads((save_dir / "predictions.json").read_text())
+    records = json.loads((save_dir / "tiny_predictions.json").read_text())  # yolov5's: <stem>_predictions
     assert (
         records
         and {r["image_id"] for r in records} <= {1, 2, 3, 4}
@@ -175,7 +175,7 @@ def test_our_map_matches_pycocotools_end_to_end(dataset, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth = COCO(str(dataset / "instances_val.json"))
         coco_eval = COCOeval(
-            ground_truth, ground_truth.loadRes(str(tmp_path / "fixed" / "predictions.json")), "bbox"
+            ground_truth, ground_truth.loadRes(str(tmp_path / "fixed" / "model_predictions.json")), "bbox"
         )
         coco_eval.evaluate()
         coco_eval.accumulate()
