@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from utils.cli import Ignored, Refused, build_parser
+from utils.cli import ForeignFlag, build_parser
 from utils.paths import ROOT
 
 RECORDED = json.loads((ROOT / "tests" / "data" / "cli_flags.json").read_text())
@@ -38,7 +38,7 @@ def flags(parser: argparse.ArgumentParser) -> dict:
             "type": getattr(action.type, "__name__", None),
         }
         for action in parser._actions
-        if not isinstance(action, (argparse._HelpAction, Refused, Ignored))
+        if not isinstance(action, (argparse._HelpAction, ForeignFlag))
     }
 
 

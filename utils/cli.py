@@ -83,26 +83,25 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(*flags, dest=field.name, **settings)
 
 
-class Refused(argparse.Action):
-    """A flag of yolov5's that this script does not take: given (with any values), it ends the parse with
-    one sentence saying why, and exit status 2. Not listed by --help."""
+class ForeignFlag(argparse.Action):
+    """A flag of yolov5's that is not one of this script's options: it takes any values, sets nothing, is
+    not listed by --help, and keeps the ``reason`` it is refused or ignored for."""
 
     def __init__(self, option_strings: list[str], dest: str, reason: str = "", **kwargs: Any) -> None:
         super().__init__(option_strings, argparse.SUPPRESS, nargs="*", default=argparse.SUPPRESS,
                          help=argparse.SUPPRESS)  # fmt: skip
         self.reason = reason
+
+
+class Refused(ForeignFlag):
+    """Given, it ends the parse with one sentence saying why, and exit status 2."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         parser.exit(2, f"{parser.prog}: {option_string} {self.reason}\n")
 
 
-class Ignored(argparse.Action):
-    """A flag of yolov5's that would change nothing here (``reason`` says why): accepted and dropped."""
-
-    def __init__(self, option_strings: list[str], dest: str, reason: str = "", **kwargs: Any) -> None:
-        super().__init__(option_strings, argparse.SUPPRESS, nargs="*", default=argparse.SUPPRESS,
-                         help=argparse.SUPPRESS)  # fmt: skip
-        self.reason = reason
+class Ignored(ForeignFlag):
+    """It would change nothing here: accepted and dropped."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         LOGGER.debug("%s ignored: %s", option_string, self.reason)

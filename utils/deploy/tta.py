@@ -54,9 +54,7 @@ class AugmentedInference(WrappedInference):
         for ratio, flip in zip(SCALES, FLIPS):
             scaled = scale_batch(images.flip(-1) if flip else images, ratio, self.stride)
             prediction = self.model(scaled).clone()  # (B, N, 5 + nc) cx, cy, w, h in the scaled input
-            size = (
-                (max(int(height * ratio), 1), max(int(width * ratio), 1)) if ratio != 1.0 else (height, width)
-            )
+            size = scaled_size((height, width), ratio)
             prediction[..., [0, 2]] *= width / size[1]
             prediction[..., [1, 3]] *= height / size[0]
             if flip:

@@ -18,6 +18,9 @@ class ServiceStopped(RuntimeError):
     """A job submitted to, or still queued in, a batcher that is not running."""
 
 
+SHUTTING_DOWN = "the service is shutting down; try again later."
+
+
 @dataclass
 class _Pending:
     job: Any
@@ -90,9 +93,12 @@ class DynamicBatcher:
         """Answer every job not yet answered, and every job submitted from now on, with ServiceStopped
         (the end of a graceful shutdown's grace period)."""
         self._closed = True
+        self._fail_all(SHUTTING_DOWN)
+
+    def _fail_all(self, sentence: str) -> None:
         for future in list(self._unanswered):
             if not future.done():
-                future.set_exception(ServiceStopped("the service is shutting down; try again later."))
+                future.set_exception(ServiceStopped(sentence))
 
     def _worker_ended(self, task: asyncio.Task) -> None:
         """The worker ends only when stopped. Should a bug end it otherwise, it is logged, every job left
@@ -100,14 +106,12 @@ class DynamicBatcher:
         if task.cancelled() or task.exception() is None:
             return
         LOGGER.error("the batching worker stopped", exc_info=task.exception())
-        for future in list(self._unanswered):
-            if not future.done():
-                future.set_exception(ServiceStopped("the model's worker has stopped; see the server's log."))
+        self._fail_all("the model's worker has stopped; see the server's log.")
 
     async def submit(self, job: Any) -> Any:
         """Queue one job and wait for its result (or the exception its batch raised)."""
         if self._closed:
-            raise ServiceStopped("the service is shutting down; try again later.")
+            raise ServiceStopped(SHUTTING_DOWN)
         if not self.running:
             raise ServiceStopped("the service is not running; try again later.")
         loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from utils.deploy.detector import Detector, Prepared
 from utils.errors import ConfigError
 from utils.evaluation.plots import color_hex
 from utils.nms import MAX_CANDIDATES
-from utils.serve.batching import DynamicBatcher, ServiceStopped
+from utils.serve.batching import SHUTTING_DOWN, DynamicBatcher, ServiceStopped
 from utils.serve.metrics import Metrics
 from utils.serve.uploads import MAX_SIDE, RequestError, decode_image
 
@@ -199,7 +199,7 @@ class DetectionService:
     def check_admission(self) -> None:
         """Raises ServiceStopped while shutting down and Overloaded while ``max_queue`` images are in."""
         if not self.accepting:
-            raise ServiceStopped("the service is shutting down; try again later.")
+            raise ServiceStopped(SHUTTING_DOWN)
         if self.full:
             raise Overloaded(
                 f"the service is at its limit of {self.settings.max_queue} images in flight; try again in a "
