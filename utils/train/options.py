@@ -27,7 +27,19 @@ WANDB = (
     "configures Weights & Biases logging, which RepYOLO does not do (its logs are TensorBoard files and "
     "results.csv in the run folder); drop it."
 )
-EVOLVE = "belongs to yolov5's --evolve hyperparameter search, which is not implemented yet; drop it."
+EVOLVE_POPULATION = (
+    "seeds yolov5's genetic search from its CSV populations; --evolve searches with Optuna, whose study "
+    "database keeps every trial, so drop it (--evolve-storage shares a study)."
+)
+RESUME_EVOLVE = (
+    "continues yolov5's CSV-based search; an --evolve study continues when the same command runs again "
+    "(its database keeps every trial), so drop it."
+)
+BUCKET = (
+    "shares yolov5's search through a cloud bucket; --evolve-storage URL shares a study through a "
+    "database (PostgreSQL, MySQL), so use that instead."
+)
+PRUNERS = ("median", "hyperband", "none")
 
 
 @dataclass
@@ -37,10 +49,9 @@ class TrainOptions:
     sentence, or accepts and drops because they would change nothing (utils.cli.build_parser)."""
 
     REFUSED: ClassVar[dict[str, str]] = {
-        "--evolve": EVOLVE,
-        "--evolve_population --evolve-population": EVOLVE,
-        "--resume_evolve --resume-evolve": EVOLVE,
-        "--bucket": EVOLVE,
+        "--evolve_population --evolve-population": EVOLVE_POPULATION,
+        "--resume_evolve --resume-evolve": RESUME_EVOLVE,
+        "--bucket": BUCKET,
         "--entity": WANDB,
         "--upload_dataset --upload-dataset": WANDB,
         "--bbox_interval --bbox-interval": WANDB,
@@ -108,6 +119,16 @@ class TrainOptions:
     label_smoothing: float | None = option(
         None, "label smoothing epsilon (default: the hyp file's label_smoothing, else 0)", type=float
     )
+    evolve: int | None = option(
+        None, "search the hyperparameters with Optuna: N trials in all (bare: 300), each a run of --epochs",
+        nargs="?", const=300, type=int,
+    )  # fmt: skip  # see utils.train.evolve
+    evolve_storage: str | None = option(
+        None, "the study's database URL, shared by workers on several machines (default: SQLite file in "
+        "the study's folder)",
+    )  # fmt: skip
+    evolve_pruner: str = option("median", "stop unpromising trials early on their per-epoch fitness",
+                                choices=list(PRUNERS))  # fmt: skip
     sync_bn: bool = option(False, "SyncBatchNorm under multi-GPU DDP")
     plots: bool = option(True, "save no plot files", "--noplots", action="store_false")
     tensorboard: bool = option(
@@ -168,6 +189,12 @@ class TrainOptions:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}.")
         if any(not isinstance(index, int) or index < 0 for index in self.freeze):
             raise ConfigError(f"freeze is {self.freeze!r}; give layer indices (whole numbers, 0 or more).")
+        if self.evolve is not None and (not isinstance(self.evolve, int) or self.evolve < 1):
+            raise ConfigError(f"evolve is {self.evolve!r}; give the number of trials, 1 or more.")
+        if self.evolve_pruner not in PRUNERS:
+            raise ConfigError(
+                f"evolve_pruner {self.evolve_pruner!r} is unknown; use one of {', '.join(PRUNERS)}."
+            )
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(
                 f"label_smoothing is {self.label_smoothing}; give an epsilon from 0 to below 1."

@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -56,17 +57,22 @@ from utils.train.step import OptimizerStep, StepPlan
 from utils.train.tensorboard import TensorBoardLogger
 
 LOGGER = logging.getLogger(__name__)
+EpochCallback = Callable[[int, float], None]
 
 # What an epoch that --noval does not validate reports, as yolov5 reports it: zeros.
 NOT_VALIDATED = SimpleNamespace(precision=0.0, recall=0.0, map50=0.0, map50_95=0.0)
 
 
-def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
+def train(
+    options: TrainOptions, stop_after_epochs: int | None = None, on_epoch: EpochCallback | None = None
+) -> dict:
     """Train; returns {"save_dir", "best", "last", "epochs_done", "finished", "best_fitness",
     "final" (the evaluation of best.pt, see utils.evaluation.evaluate.EvaluationResult.to_dict)}.
 
     stop_after_epochs: end this process after that many epochs as if it were interrupted (last.pt
     stays resumable); for tests of resuming.
+    on_epoch: called on rank 0 after each epoch's row and checkpoints with (epoch, fitness of that epoch);
+    an exception it raises ends the run there (the hyperparameter search prunes trials with it).
     """
     context = DistributedContext.from_environment()
     if "," in str(options.device) and not context.distributed:
@@ -96,8 +102,10 @@ def train(options: TrainOptions, stop_after_epochs: int | None = None) -> dict:
         start = _transfer_weights(options.weights, options.cfg, data_config["nc"], anchors)
     if resume_ckpt is None and context.is_main:
         save_dir = new_run_folder(options)
-    init_seeds(options.seed + 1 + context.rank)
+    # rank 0 draws what one process draws (DDP hands its initial weights to the others): the same seed
+    init_seeds(options.seed + max(context.rank, 0))
     trainer = Trainer(options, data_config, context, device, save_dir, resume_ckpt, start)
+    trainer.on_epoch = on_epoch
     try:
         return trainer.train(stop_after_epochs)
     finally:
@@ -205,6 +213,7 @@ class Trainer:
         self.options, self.data, self.context, self.device = options, data, context, device
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.resumed = resume_ckpt is not None
+        self.on_epoch: EpochCallback | None = None  # see train()
         self.finishing = bool(resume_ckpt and resume_ckpt.get("finishing"))  # killed in the end-of-run step
         self.hyp = Hyp.from_dict(resume_ckpt["hyp"]) if self.resumed else load_hyp(options.hyp)
         if options.label_smoothing is not None:  # yolov5's flag: it overrides the hyp file
@@ -364,6 +373,8 @@ class Trainer:
                 stop = self._end_epoch(
                     epoch, mean_loss, table, stopper, elapsed_before + time.time() - start_time
                 )
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, self.epoch_fitness)
             if stop_after_epochs is not None and epoch + 1 - self.start_epoch >= stop_after_epochs:
                 LOGGER.info(f"Stopping after epoch {epoch + 1} as asked; the run can be resumed.")
                 return self._summary(epoch, finished=False)
@@ -410,7 +421,7 @@ class Trainer:
         if validated and self.options.image_weights:  # unvalidated epochs keep the last weights
             self.train_loader.sampler.update(result.class_maps())
         map50, map50_95 = result.map50, result.map50_95
-        current = fitness(map50, map50_95)
+        current = self.epoch_fitness = fitness(map50, map50_95)
         row = {
             "epoch": epoch,
             "train/box_loss": mean_loss[0].item(),
