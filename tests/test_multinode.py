@@ -112,9 +112,6 @@ def launch_two_nodes(flags: list[str], probe_dir: Path, extra_env: dict | None =
 
 
 def test_readme_two_node_line_trains_as_one_process_with_the_same_global_batch(copies_dataset, tmp_path):
-    import train
-
-    data_yaml, model_yaml, hyp_yaml = copies_dataset
     results = launch_two_nodes(tiny_flags(*copies_dataset, tmp_path / "nodes"), tmp_path / "probe")
     for returncode, output in results:
         assert returncode == 0, output[-4000:]
@@ -125,21 +122,24 @@ def test_readme_two_node_line_trains_as_one_process_with_the_same_global_batch(c
     assert [len(batches[rank]) for rank in (0, 1)] == [2, 2]  # 8 images, 2 per rank and batch
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 8  # disjoint, and every image once
 
-    single = train.run(
-        cfg=str(model_yaml), data=str(data_yaml), hyp=str(hyp_yaml), epochs=1, img_size=64, batch_size=4,
-        device="cpu", workers=0, repeat=1, noautoanchor=True, amp=False, plots=False, tensorboard=False,
-        project=str(tmp_path / "single"),
+    # the one-process run in its own process too, as train.py runs it (nothing of this test process's state)
+    single = subprocess.run(
+        [sys.executable, "train.py", *tiny_flags(*copies_dataset, tmp_path / "single")], cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=TIMEOUT_S,
     )  # fmt: skip
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
     two_nodes = torch.load(run_dirs[0] / "weights" / "last.pt", weights_only=True)["model"]
-    one_process = torch.load(single["last"], weights_only=True)["model"]
+    (single_dir,) = (tmp_path / "single").iterdir()
+    one_process = torch.load(single_dir / "weights" / "last.pt", weights_only=True)["model"]
     assert two_nodes.keys() == one_process.keys()
     for name, value in one_process.items():
         if not value.is_floating_point():
             continue
         # BatchNorm's running variance is the batch's times n / (n - 1), n the values one process
-        # normalizes over: half as many on each of two processes, so it differs by under 1% here
-        tolerance = dict(rtol=1e-2, atol=1e-5) if name.endswith("running_var") else dict(rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(two_nodes[name], value, **tolerance, msg=name)
+        # normalizes over: half as many on each of two processes, so it differs by under 1% here. The weights
+        # differ by float rounding (sums in another order), up to about 2e-5 after the epoch's steps
+        tolerance = dict(rtol=1e-2, atol=1e-5) if name.endswith("running_var") else dict(rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(two_nodes[name], value, **tolerance, msg=lambda text: f"{name}: {text}")
 
 
 def test_an_error_in_one_rank_ends_both_nodes_naming_the_rank(copies_dataset, tmp_path):
