@@ -290,10 +290,26 @@ def write_yolo_labels(
     path: str | Path, detections: np.ndarray | torch.Tensor, original_hw: tuple[int, int], save_conf: bool
 ) -> None:
     """Write detections (n, 6) x1, y1, x2, y2 (original pixels), score, class as YOLO rows
-    'class cx cy w h [conf]', normalized to the original image (height, width), six decimals."""
+    'class cx cy w h [conf]', normalized to the original image (height, width), six decimals; tracked
+    detections (n, 7) add their track ID last: 'class cx cy w h [conf] id'."""
     boxes = box_xyxy_to_normxywh(detections[:, :4], original_hw[1], original_hw[0])
     rows = []
-    for box, score, cls in zip(boxes.tolist(), detections[:, 4].tolist(), detections[:, 5].tolist()):
+    ids = detections[:, 6].tolist() if detections.shape[1] > 6 else [None] * len(detections)
+    for box, score, cls, track in zip(
+        boxes.tolist(), detections[:, 4].tolist(), detections[:, 5].tolist(), ids
+    ):
         values = [f"{int(cls)}", *(f"{v:.6f}" for v in box)] + ([f"{score:.6f}"] if save_conf else [])
-        rows.append(" ".join(values) + "\n")
+        rows.append(" ".join(values + ([] if track is None else [f"{int(track)}"])) + "\n")
     Path(path).write_text("".join(rows))
+
+
+def mot_rows(rows: np.ndarray) -> str:
+    """MOTChallenge text (comma-separated) for rows (n, >= 7): frame, ID, left, top, width, height (two
+    decimals), then the rest (ground truth: 1, class, visibility; results: score, -1, -1, -1) as short as
+    they print."""
+    lines = []
+    for row in rows.tolist():
+        fields = [f"{int(row[0])}", f"{int(row[1])}", *(f"{v:.2f}" for v in row[2:6])]
+        fields += [f"{v:g}" if v != int(v) else f"{int(v)}" for v in row[6:]]
+        lines.append(",".join(fields) + "\n")
+    return "".join(lines)

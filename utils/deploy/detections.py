@@ -18,7 +18,7 @@ from PIL import Image, ImageShow
 from utils.boxes import box_xyxy_to_xywh
 from utils.data.config import IMAGE_SUFFIXES
 from utils.errors import ConfigError
-from utils.evaluation.plots import draw_boxes
+from utils.evaluation.plots import as_numpy, box_labels, colors, draw_boxes, draw_labeled_boxes
 from utils.paths import increment_path
 
 LOGGER = logging.getLogger(__name__)
@@ -52,16 +52,21 @@ def annotate(
     hide_conf: bool = False,
 ) -> np.ndarray:
     """A copy of the BGR image with detections (n, 6) x1, y1, x2, y2, score, class drawn on it, lines and
-    labels sized in proportion to the image unless line_thickness (pixels) is given."""
-    return draw_boxes(
-        image.copy(),
-        detections[:, :4],
-        detections[:, 5],
-        scores=detections[:, 4],
-        names=names,
-        line_thickness=line_thickness,
-        hide_labels=hide_labels,
-        hide_conf=hide_conf,
+    labels sized in proportion to the image unless line_thickness (pixels) is given. Tracked detections
+    (n, 7), the track ID last, lead each label with their ID ("#3 circle 0.91") and are drawn in a color
+    per ID, so that an object keeps its color."""
+    if detections.shape[1] < 7:
+        return draw_boxes(image.copy(), detections[:, :4], detections[:, 5], detections[:, 4], names,
+                          line_thickness, hide_labels, hide_conf)  # fmt: skip
+    ids = as_numpy(detections[:, 6], int).tolist()
+    labels = None
+    if not hide_labels:
+        labels = [
+            f"#{i} {text}"
+            for i, text in zip(ids, box_labels(detections[:, 5], detections[:, 4], names, hide_conf))
+        ]
+    return draw_labeled_boxes(
+        image.copy(), detections[:, :4], [colors(i) for i in ids], labels, line_thickness
     )
 
 

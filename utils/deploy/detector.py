@@ -5,6 +5,7 @@
     results.print()
     results.xyxy[0]  # Tensor[n, 6]: x1, y1, x2, y2 (pixels of a.jpg), confidence, class
     detector(frame_bgr, channels="bgr")  # an OpenCV frame (cv2.imread, cv2.VideoCapture)
+    detector.track(frame)  # Tensor[n, 7]: the same with a persistent track ID (utils.deploy.tracking)
 
 Numpy arrays are RGB, as yolov5's AutoShape takes them; OpenCV's BGR frames go through ``channels="bgr"``
 (detect.py does). A float Tensor[B, 3, H, W] gets the network's raw output, as in yolov5 (see
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Hashable, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.data.sources import read_image
 from utils.deploy.backend import load_inference_model
 from utils.deploy.detections import Detections, Failure
+from utils.deploy.tracking import Tracker
 from utils.deploy.tta import AugmentedInference
 from utils.device import half_dtype, select_device, time_sync
 from utils.errors import ConfigError, ImageError
@@ -131,6 +133,7 @@ class Detector:
         self.agnostic = False
         self.augment = augment
         self._augmented = AugmentedInference(self.model)
+        self.trackers: dict[Hashable, Tracker] = {}  # one per stream (``tracker``)
 
     def input_hw(self, size: int | Sequence[int] | None = None) -> tuple[int, int]:
         """(height, width) to letterbox to: a static ONNX graph's own size, else ``size`` (default: the
@@ -216,6 +219,31 @@ class Detector:
             t=tuple(float(s) * 1000 / max(len(images), 1) for s in seconds),
             failures=failures,
         )
+
+    def tracker(self, stream: Hashable = 0, fps: float = 30.0) -> Tracker:
+        """The ByteTrack tracker of one stream (any key: an index, a name), made on first use with the
+        detector's ``conf`` and the stream's fps. ``trackers.clear()`` forgets every stream's tracks."""
+        if stream not in self.trackers:
+            self.trackers[stream] = Tracker(self.conf, fps)
+        return self.trackers[stream]
+
+    def track(
+        self,
+        frame: ImageInput,
+        stream: Hashable = 0,
+        timestamp: float | None = None,
+        channels: str = "rgb",
+        **settings: Any,
+    ) -> torch.Tensor:
+        """Detect in the next frame of a stream and continue that stream's tracks (``tracker``).
+
+        frame: as ``__call__`` takes one input; timestamp: its capture time in seconds (None: one frame
+        after the last), so that the motion model spans frames a slow model dropped. -> Tensor[n, 7]:
+        x1, y1, x2, y2 (pixels of the frame), score, class, track ID (1, 2, ...; kept while the object is).
+        """
+        tracker = self.tracker(stream)
+        found = self(frame, channels=channels, **{**settings, "conf": tracker.low})
+        return tracker.update(found.xyxy[0], timestamp)
 
     def _load(
         self, items: list, img_hw: tuple[int, int], channels: str, errors: str

@@ -179,6 +179,20 @@ def label_font_scale(image_hw: tuple[int, int]) -> float:
     return max(0.001 * sum(image_hw) / 2, 0.35)
 
 
+def as_numpy(values, dtype=float) -> np.ndarray:
+    """A tensor or array-like as a flat-or-shaped numpy array of ``dtype`` (on the CPU)."""
+    return np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values).astype(dtype)
+
+
+def box_labels(classes, scores=None, names: list[str] | None = None, hide_conf: bool = False) -> list[str]:
+    """Each box's label: its class name (or index), then its score unless hide_conf."""
+    classes = as_numpy(classes, int).reshape(-1)
+    texts = [names[c] if names and 0 <= c < len(names) else str(c) for c in classes.tolist()]
+    if scores is None or hide_conf:
+        return texts
+    return [f"{text} {score:.2f}" for text, score in zip(texts, as_numpy(scores).reshape(-1).tolist())]
+
+
 def draw_boxes(
     img_bgr: np.ndarray,
     boxes_xyxy,
@@ -189,50 +203,42 @@ def draw_boxes(
     hide_labels: bool = False,
     hide_conf: bool = False,
 ) -> np.ndarray:
-    """Draw boxes (n, 4) xyxy pixels with class (n,) and optional score (n,) labels onto img_bgr, in place.
-    line_thickness: the line width in pixels, the labels' font scaled with it (None: both proportional to
-    the image, see line_width and label_font_scale). -> img_bgr."""
-    boxes = np.asarray(boxes_xyxy.cpu() if isinstance(boxes_xyxy, torch.Tensor) else boxes_xyxy, dtype=float)
-    classes = (
-        np.asarray(classes.cpu() if isinstance(classes, torch.Tensor) else classes).astype(int).reshape(-1)
+    """Draw boxes (n, 4) xyxy pixels with class (n,) and optional score (n,) labels onto img_bgr, in place,
+    each in its class's color. line_thickness: see draw_labeled_boxes. -> img_bgr."""
+    classes = as_numpy(classes, int).reshape(-1)
+    labels = None if hide_labels else box_labels(classes, scores, names, hide_conf)
+    return draw_labeled_boxes(
+        img_bgr, boxes_xyxy, [colors(c) for c in classes.tolist()], labels, line_thickness
     )
-    if scores is not None:
-        scores = np.asarray(
-            scores.cpu() if isinstance(scores, torch.Tensor) else scores, dtype=float
-        ).reshape(-1)
+
+
+def draw_labeled_boxes(img_bgr: np.ndarray, boxes_xyxy, box_colors: list, labels: list[str] | None = None,
+                       line_thickness: int | None = None) -> np.ndarray:  # fmt: skip
+    """Draw boxes (n, 4) xyxy pixels in their colors (b, g, r), each with its label on a filled strip of
+    its color (none when labels is None), onto img_bgr, in place. line_thickness: the line width in pixels,
+    the labels' font scaled with it (None: both proportional to the image, see line_width and
+    label_font_scale). -> img_bgr."""
+    boxes = as_numpy(boxes_xyxy).reshape(-1, 4)
     if line_thickness is None:
         thickness, font_scale = line_width(img_bgr.shape[:2]), label_font_scale(img_bgr.shape[:2])
     else:
         thickness = max(int(line_thickness), 1)
         font_scale = thickness / 3
     text_thickness = max(thickness - 1, 1)
-    for i, (box, cls) in enumerate(zip(boxes.reshape(-1, 4), classes)):
-        color = colors(cls)
+    for i, (box, color) in enumerate(zip(boxes, box_colors)):
         p1, p2 = (int(box[0]), int(box[1])), (int(box[2]), int(box[3]))
         cv2.rectangle(img_bgr, p1, p2, color, thickness, cv2.LINE_AA)
-        if hide_labels:
+        if labels is None:
             continue
-        text = names[cls] if names and 0 <= cls < len(names) else str(cls)
-        if scores is not None and not hide_conf:
-            text = f"{text} {scores[i]:.2f}"
         (text_w, text_h), baseline = cv2.getTextSize(
-            text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness
+            labels[i], cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_thickness
         )
-        above = p1[1] - text_h - baseline >= 0
-        top = p1[1] - text_h - baseline if above else p1[1]
+        top = p1[1] - text_h - baseline if p1[1] - text_h - baseline >= 0 else p1[1]
         cv2.rectangle(
             img_bgr, (p1[0], top), (p1[0] + text_w, top + text_h + baseline), color, -1, cv2.LINE_AA
         )
-        cv2.putText(
-            img_bgr,
-            text,
-            (p1[0], top + text_h),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            font_scale,
-            (255, 255, 255),
-            text_thickness,
-            cv2.LINE_AA,
-        )
+        cv2.putText(img_bgr, labels[i], (p1[0], top + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), text_thickness, cv2.LINE_AA)  # fmt: skip
     return img_bgr
 
 
