@@ -26,6 +26,7 @@ from utils.data import sources
 from utils.data.sources import LoadSources, LoadStreams, describe_stream, is_stream, stream_names
 from utils.data.synthetic_video import VideoScene, write_video
 from utils.errors import DataError
+from utils.log import masked_url
 from utils.paths import ROOT
 
 FAST = {"img_size": 64, "conf_thres": 0.1, "max_det": 10, "device": "cpu"}
@@ -166,6 +167,7 @@ def test_sources_are_told_apart_and_streams_named_as_yolov5_names_them(tmp_path)
     ]
     assert stream_names(urls) == ["0", "live_1", "live_2", "video", "h_80"]
     assert describe_stream(urls[1]) == "rtsp://user:***@cam/live"  # the log never shows a password
+    assert masked_url("postgresql://u:p@ss@db/x") == "postgresql://u:***@db/x"  # nor one holding an @
     listing = tmp_path / "empty.streams"
     listing.write_text("# nothing\n\n")
     with pytest.raises(DataError, match="empty.streams lists no streams"):

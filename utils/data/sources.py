@@ -32,15 +32,15 @@ import numpy as np
 
 from utils.data.config import IMAGE_SUFFIXES, read_path_list
 from utils.errors import DataError, DataNotFoundError, ImageError, ImageNotFoundError
+from utils.log import masked_url
 
 LOGGER = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpeg", ".mpg", ".wmv", ".webm")
 STREAM_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://")
 STREAMS_SUFFIX = ".streams"  # a text file listing one stream a line, as in yolov5
-URL_TIMEOUT_MS = (
-    10_000  # FFmpeg gives up opening or reading a URL after this long; a read that fails drops it
-)
+# FFmpeg gives up opening or reading a URL after this long; a read that fails drops the stream
+URL_TIMEOUT_MS = 10_000
 
 
 @dataclass
@@ -240,9 +240,7 @@ def stream_names(sources: list[str]) -> list[str]:
 
 def describe_stream(source: str) -> str:
     """A stream as the log names it: "webcam 0", or its URL with any password masked."""
-    if source.isdigit():
-        return f"webcam {source}"
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", source)
+    return f"webcam {source}" if source.isdigit() else masked_url(source)
 
 
 def open_capture(source: str) -> cv2.VideoCapture | None:

@@ -26,6 +26,7 @@ import yaml
 from utils.data.config import load_data_config
 from utils.errors import ConfigError
 from utils.hyp import Hyp, load_hyp
+from utils.log import masked_url
 from utils.paths import atomic_open, write_text_atomic
 from utils.train.distributed import DistributedContext
 from utils.train.options import TrainOptions
@@ -113,7 +114,7 @@ def evolve(options: TrainOptions) -> dict:
     plan.folder.mkdir(parents=True, exist_ok=True)
     storage = open_storage(optuna, plan.storage)
     study = open_study(optuna, plan, storage)
-    LOGGER.info(f"Study {plan.name!r} in {plan.folder} ({_safe_url(plan.storage)}): {plan.trials} trials.")
+    LOGGER.info(f"Study {plan.name!r} in {plan.folder} ({masked_url(plan.storage)}): {plan.trials} trials.")
     ran = 0
     while True:
         reclaim_trials(optuna, study, storage)
@@ -163,7 +164,7 @@ def open_study(optuna: Any, plan: StudyPlan, storage: Any) -> Any:
     elif stored != base:
         changed = sorted(key for key in base if stored.get(key) != base[key])
         raise ConfigError(
-            f"study {plan.name!r} in {_safe_url(plan.storage)} was started from other hyperparameters "
+            f"study {plan.name!r} in {masked_url(plan.storage)} was started from other hyperparameters "
             f"({', '.join(changed)} differ); give the hyp file it started from, or a new name."
         )
     return study
@@ -252,15 +253,6 @@ def _state_counts(study: Any) -> dict[str, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
     return counts
-
-
-def _safe_url(url: str) -> str:
-    """The storage URL without its password, for logs."""
-    head, at, tail = url.rpartition("@")
-    if not at or "://" not in head:
-        return url
-    scheme, _, credentials = head.partition("://")
-    return f"{scheme}://{credentials.split(':')[0]}:***@{tail}"
 
 
 # --- what a study leaves in its folder -------------------------------------------------------------
