@@ -247,11 +247,13 @@ def test_a_slow_model_drops_frames_and_never_falls_behind(camera):
     assert dropped >= kept - len(taken) - 1 and dropped > 10
 
 
-def test_vid_stride_keeps_every_nth_frame(clip, camera):
-    assert [item.frame for item in LoadSources(clip, vid_stride=3)] == [1, 4, 7, 10, 13, 16, 19]
+def test_vid_stride_keeps_every_nth_frame_as_yolov5(clip, camera, caplog):
+    assert [item.frame for item in LoadSources(clip, vid_stride=3)] == [3, 6, 9, 12, 15, 18]
     camera[0] = 9
     streams = LoadStreams("0", vid_stride=3, reconnect_timeout=0)
     assert [number_of(item) for batch in streams for item in batch] == [3, 6, 9]
+    assert list(LoadSources(clip, vid_stride=25)) == []
+    assert "it has 20 frames, fewer than --vid-stride 25" in caplog.text
     with pytest.raises(DataError, match="--vid-stride 0"):
         LoadSources(clip, vid_stride=0)
 

@@ -179,20 +179,32 @@ class LoadSources:
         try:
             frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
-            ok, image = capture.read()
+            ok, image, frame = next_kept_frame(capture, 0, self.vid_stride)
             if not ok:
-                self._skip(path, "it cannot be read as a video; remove or replace the file.")
+                reason = "it cannot be read as a video; remove or replace the file."
+                if frame:
+                    reason = f"it has {frame} frames, fewer than --vid-stride {self.vid_stride}."
+                self._skip(path, reason)
                 return
-            frame = 1
             while ok:
                 yield SourceItem(str(path), image, index, count, frame, max(frames, frame), fps)
-                for _ in range(self.vid_stride - 1):  # --vid-stride: grab() skips a frame without decoding it
-                    frame += 1
-                    capture.grab()
-                frame += 1
-                ok, image = capture.read()
+                ok, image, frame = next_kept_frame(capture, frame, self.vid_stride)
         finally:
             capture.release()
+
+
+def next_kept_frame(
+    capture: cv2.VideoCapture, frame: int, stride: int
+) -> tuple[bool, np.ndarray | None, int]:
+    """Advance a capture that has given ``frame`` frames to the next one --vid-stride keeps (numbers that
+    divide by ``stride``, as yolov5 keeps them: stride, 2 x stride, ...), grab()bing those between without
+    decoding them. -> (whether it was read, the image, the number of frames read so far)."""
+    while (frame + 1) % stride:
+        if not capture.grab():
+            return False, None, frame
+        frame += 1
+    ok, image = capture.read()
+    return ok, image, frame + ok
 
 
 def check_vid_stride(vid_stride: int) -> int:
@@ -312,15 +324,9 @@ class StreamReader(threading.Thread):
         """Read until the capture fails; a finite source is paced at its frame rate. -> False if stopped."""
         stride, stopped, started, paced = self.owner.vid_stride, self.owner.stopped, time.monotonic(), 0
         while not stopped.is_set():
-            if (self.frame + 1) % stride:
-                ok = self.capture.grab()
-            else:
-                ok, image = self.capture.read()
+            ok, image, self.frame = next_kept_frame(self.capture, self.frame, stride)
             if not ok:
                 break
-            self.frame += 1
-            if self.frame % stride:
-                continue
             self._publish(image)
             if self.frames is not None:  # a file or video URL: deliver it as a camera would
                 paced += stride
