@@ -52,7 +52,7 @@ from utils.cli import (
 from utils.data.sources import LoadSources, LoadStreams, SourceItem, is_stream
 from utils.deploy.detections import describe
 from utils.deploy.detector import Detector
-from utils.deploy.tracking import import_trackers, low_conf
+from utils.deploy.tracking import import_trackers
 from utils.deploy.writer import DetectionWriter, OutputOptions
 from utils.errors import DataError
 from utils.paths import increment_path
@@ -225,11 +225,10 @@ class DetectRun:
         if not self.options.track:
             found = detector([item.image for item in batch], channels="bgr")  # OpenCV decoded them
             return found, found.xyxy
-        found = detector([item.image for item in batch], channels="bgr", conf=low_conf(detector.conf))
-        trackers = [
-            detector.tracker(item.path if item.is_video else "images", item.fps or 30.0) for item in batch
-        ]
-        return found, [t.update(boxes, item.timestamp) for t, item, boxes in zip(trackers, batch, found.xyxy)]
+        images, times = [item.image for item in batch], [item.timestamp for item in batch]
+        streams = [item.path if item.is_video else "images" for item in batch]  # images: one sequence
+        rates = [item.fps or 30.0 for item in batch]
+        return detector.track_batch(images, streams, times, rates, channels="bgr")
 
     def record(self, item: SourceItem, boxes, input_hw, inference_ms: float) -> bool:
         """Write and log one frame's results. -> False when a --view-img window asked to stop."""

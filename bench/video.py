@@ -89,15 +89,17 @@ def live_run(
         listing = Path(folder) / "cameras.streams"
         listing.write_text("".join(f"{k}\n" for k in range(streams)))
         loader = LoadStreams(listing, opener=lambda source: SceneCamera(frames, camera_fps, 37 * int(source)))
-    conf = low_conf(detector.conf) if track else detector.conf
     latencies, busy, processed, started = [], 0.0, 0, time.monotonic()
     try:
         for batch in loader:
             begun = time.monotonic()
-            found = detector([item.image for item in batch], channels="bgr", conf=conf)
-            for item, boxes in zip(batch, found.xyxy):
-                if track:
-                    boxes = detector.tracker(item.path, camera_fps).update(boxes, item.timestamp)
+            images = [item.image for item in batch]
+            if track:  # as detect.py --track runs its batches
+                keys, times = [item.path for item in batch], [item.timestamp for item in batch]
+                found = detector.track_batch(images, keys, times, camera_fps, channels="bgr")[1]
+            else:
+                found = detector(images, channels="bgr").xyxy
+            for item, boxes in zip(batch, found):
                 annotate(item.image, boxes, detector.names)
                 latencies.append(time.monotonic() - item.captured)
             busy += time.monotonic() - begun

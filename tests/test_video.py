@@ -425,3 +425,14 @@ def test_synthetic_video_ground_truth(clip):
     scene = VideoScene(frames=300)
     meet = scene.render(100)[1]  # the scripted pair meets at a third of the video: one hides the other
     assert meet[meet[:, 1] == 1, 8][0] < 0.1 and meet[meet[:, 1] == 2, 8][0] == 1.0
+
+
+def test_bench_video_runs_batches_of_tracked_streams(weights, tracking):
+    from bench.video import live_run
+    from utils.deploy.detector import Detector
+
+    detector = Detector(weights, device="cpu")
+    detector.size = 64
+    row = live_run(detector, [numbered_frame(k) for k in range(10)], 2, True, seconds=0.5, camera_fps=30.0)
+    assert row["fps"] > 0 and 0 <= row["dropped"] < 1 and row["p50_ms"] <= row["p95_ms"]
+    assert set(detector.trackers) == {"0", "1"}  # one tracker per stream

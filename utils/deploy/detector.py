@@ -33,7 +33,7 @@ from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
 from utils.data.sources import read_image
 from utils.deploy.backend import load_inference_model
 from utils.deploy.detections import Detections, Failure
-from utils.deploy.tracking import Tracker
+from utils.deploy.tracking import Tracker, low_conf
 from utils.deploy.tta import AugmentedInference
 from utils.device import half_dtype, select_device, time_sync
 from utils.errors import ConfigError, ImageError
@@ -241,9 +241,24 @@ class Detector:
         after the last), so that the motion model spans frames a slow model dropped. -> Tensor[n, 7]:
         x1, y1, x2, y2 (pixels of the frame), score, class, track ID (1, 2, ...; kept while the object is).
         """
-        tracker = self.tracker(stream)
-        found = self(frame, channels=channels, **{**settings, "conf": tracker.low})
-        return tracker.update(found.xyxy[0], timestamp)
+        return self.track_batch([frame], [stream], [timestamp], channels=channels, **settings)[1][0]
+
+    def track_batch(
+        self,
+        frames: Sequence[ImageInput],
+        streams: Sequence[Hashable],
+        timestamps: Sequence[float | None],
+        fps: float | Sequence[float] = 30.0,
+        channels: str = "rgb",
+        **settings: Any,
+    ) -> tuple[Detections, list[torch.Tensor]]:
+        """``track`` for the next frame of each of several streams (one frame a stream), run as one batch
+        (what detect.py does with live streams). fps: each stream's (or one for all), for a tracker made
+        now. -> (the call's Detections, for its timing and input shapes; per frame Tensor[n, 7])."""
+        rates = [fps] * len(streams) if isinstance(fps, (int, float)) else fps
+        trackers = [self.tracker(stream, rate) for stream, rate in zip(streams, rates)]
+        found = self(list(frames), channels=channels, **{**settings, "conf": low_conf(self.conf)})
+        return found, [t.update(boxes, time) for t, boxes, time in zip(trackers, found.xyxy, timestamps)]
 
     def _load(
         self, items: list, img_hw: tuple[int, int], channels: str, errors: str
