@@ -72,8 +72,9 @@ def atomic_open(path: str | Path, mode: str = "w", durable: bool = True) -> Iter
     _write_point()
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    with atomic_open(path, "w") as file:
+def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> Path:
+    """Write ``text`` to ``path`` through ``atomic_open`` (durable: see there)."""
+    with atomic_open(path, "w", durable=durable) as file:
         file.write(text)
     return Path(path)
 

@@ -55,6 +55,10 @@ DEFAULT_PROJECT = "runs/evolve"  # yolov5's folder for a search, used when --pro
 # A worker on another machine that stops beating for GRACE_S seconds is taken for dead and its trial failed.
 HEARTBEAT_S, GRACE_S = 60, 300
 FINISHED = ("COMPLETE", "PRUNED")
+# The study's own files (best_hyp.yaml, trials.csv, the plots) are written atomically but not durably:
+# workers ending at once write the same files, and a durable write first clears the other's temporary file
+# (utils.paths.atomic_open). The database holds what they are made of.
+STUDY_FILES_DURABLE = False
 
 
 class SurplusTrial(Exception):
@@ -278,21 +282,13 @@ def write_study_outputs(optuna: Any, study: Any, plan: StudyPlan, ran: int) -> d
         f"fitness {best.value:.5f}\n"
     )
     text = header + yaml.safe_dump(hyp.to_dict(), sort_keys=False)
-    path = _write_output(plan.folder / "best_hyp.yaml", text)
+    path = write_text_atomic(plan.folder / "best_hyp.yaml", text, durable=STUDY_FILES_DURABLE)
     plot_study(optuna, study, plan.folder)
     LOGGER.info(
         f"Study {plan.name!r}: {finished} of {plan.trials} trials finished; best: trial {best.number}, "
         f"fitness {best.value:.5f} ({best.user_attrs.get('run')}). Best hyperparameters in {path}."
     )
     return {**summary, "best_fitness": float(best.value), "best_hyp": path}
-
-
-def _write_output(path: Path, text: str) -> Path:
-    """Atomically, but not durable: workers ending at once write the same files, and a durable write first
-    clears the other's temporary file (utils.paths.atomic_open). The database holds what they are made of."""
-    with atomic_open(path, "w", durable=False) as file:
-        file.write(text)
-    return path
 
 
 def write_trials_csv(trials: list, path: Path) -> None:
@@ -311,7 +307,7 @@ def write_trials_csv(trials: list, path: Path) -> None:
             "epochs": len(trial.intermediate_values), "seconds": seconds, "run": trial.user_attrs.get("run"),
             "retry_of": trial.user_attrs.get("retry_of"), **trial.params,
         })  # fmt: skip
-    _write_output(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue(), durable=STUDY_FILES_DURABLE)
 
 
 def plot_study(optuna: Any, study: Any, folder: Path) -> list[Path]:
@@ -341,7 +337,7 @@ def plot_study(optuna: Any, study: Any, folder: Path) -> list[Path]:
             axes.set_ylabel("fitness (0.1 mAP50 + 0.9 mAP50-95)")
         if name == "parameters.png":  # one panel per hyperparameter, in a row
             figure.set_size_inches(2.2 * len(SEARCH_SPACE), 3.5)
-        with atomic_open(folder / name, "wb", durable=False) as file:  # see _write_output
+        with atomic_open(folder / name, "wb", durable=STUDY_FILES_DURABLE) as file:
             figure.savefig(file, format="png", dpi=100, bbox_inches="tight")
         pyplot.close(figure)
         written.append(folder / name)
