@@ -11,8 +11,8 @@ when those are not on this machine) and is saved only when the relative error is
 as ``best_fused.pt`` beside the input (``deploy: True``: loading builds the fused graph directly).
 Every export is written from the fused model under a temporary name, checked against the model there and
 only then renamed to its final name (utils.deploy.staging), so val.py, detect.py and serve.py never find a
-refused one; a refusal names the artefacts it left unwritten (utils.deploy.edge for the edge formats, whose
-converters come from requirements-edge.txt).
+refused one; a refusal names the artefacts it left unwritten. Each format is one module of
+utils.deploy.formats, which names the requirements file its converters come from.
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from utils.checkpoint import load_checkpoint
-from utils.cli import device_option, option, parse_options, script_main
+from utils.cli import device_option, flag_set, option, options_from, parse_options, script_main
 from utils.data.config import load_data_config
-from utils.deploy.edge import EDGE_FORMATS
+from utils.deploy.formats import REGISTRY, convert_flags
+from utils.deploy.formats.base import Format, OnnxSettings
 from utils.deploy.fuse import (
     FusionResult,
     format_report,
@@ -40,9 +38,8 @@ from utils.deploy.fuse import (
     save_fused,
     training_img_size,
 )
-from utils.deploy.metadata import int8_onnx_path, openvino_folder
-from utils.deploy.pipeline import Int8Plan, OnnxSettings, write_edge, write_int8, write_onnx, write_openvino
-from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, calibration_files
+from utils.deploy.int8.calibration import DEFAULT_CALIBRATION_IMAGES, calibration_files
+from utils.deploy.pipeline import ExportResult, Int8Plan, export_inputs, write_formats
 from utils.deploy.staging import Release
 from utils.device import select_device
 from utils.errors import CheckpointError, ConfigError, ConversionError, DataError, UserError
@@ -62,25 +59,13 @@ class ConvertOptions:
         None, "verification and ONNX input size (default: the training image size, else 640)",
         "--img", "--img-size", "--imgsz", type=int,
     )  # fmt: skip
-    onnx: bool = option(False, "also export <output stem>.onnx and check it")
+    formats: list[str] = flag_set(convert_flags())  # --onnx, --openvino, --torchscript, ... (the registry)
     opset: int = option(17, "ONNX opset")
     dynamic: bool = option(False, "ONNX with dynamic batch, height and width")
-    openvino: bool = option(False, "also write an OpenVINO IR, <stem>_openvino_model/ (implies --onnx)")
     int8: bool = option(
-        False, "also write INT8 models: <stem>_int8.onnx (ONNX Runtime) and, with --openvino, "
-        "<stem>_int8_openvino_model/ (NNCF); implies --onnx",
+        False, "also write the INT8 model of each format that has one: ONNX Runtime's (always), OpenVINO's "
+        "(NNCF), LiteRT's and ExecuTorch's (PT2E); implies --onnx",
     )  # fmt: skip
-    torchscript: bool = option(False, "also write <stem>.torchscript")
-    ncnn: bool = option(False, "also write an NCNN model, <stem>_ncnn_model/ (pnnx)")
-    tflite: bool = option(
-        False, "also write LiteRT models <stem>.tflite and <stem>_float16.tflite, with --int8 also "
-        "<stem>_int8.tflite (litert-torch)",
-    )  # fmt: skip
-    executorch: bool = option(
-        False, "also write an ExecuTorch program <stem>.pte (XNNPACK), with --int8 also <stem>_int8.pte"
-    )
-    mnn: bool = option(False, "also write an MNN model <stem>.mnn from the ONNX (implies --onnx)")
-    coreml: bool = option(False, "also write a CoreML ML Program <stem>.mlpackage (runs on macOS only)")
     calib: int = option(DEFAULT_CALIBRATION_IMAGES, "INT8 calibration images (default %(default)s)")
     calib_data: str | Path | None = option(
         None, "calibration images: a dataset YAML (its train split), a folder or a .txt list "
@@ -97,18 +82,11 @@ class ConvertOptions:
     runs: int = option(10, "timed runs per model for the latency rows")
     threads: int = option(0, "CPU threads for the latency rows, PyTorch and ORT alike (0: defaults)")
 
-    @property
-    def exports_onnx(self) -> bool:
-        return self.onnx or self.openvino or self.int8 or self.mnn
-
-    @property
-    def edge_formats(self) -> list[str]:
-        """The edge formats asked for, in utils.deploy.edge.EDGE_FORMATS order."""
-        return [flag for flag in EDGE_FORMATS if getattr(self, flag)]
-
-    @property
-    def exports(self) -> bool:
-        return self.exports_onnx or bool(self.edge_formats)
+    def written_formats(self) -> list[Format]:
+        """The formats to write, in the registry's order: those asked for, and the ONNX graph where another
+        converts it or --int8 quantizes it."""
+        onnx = self.int8 or any(REGISTRY[name].reads_onnx for name in self.formats)
+        return [fmt for fmt in REGISTRY.values() if fmt.flag in self.formats or (onnx and fmt.name == "onnx")]
 
     def onnx_settings(self) -> OnnxSettings:
         return OnnxSettings(self.opset, self.dynamic, self.runs, self.threads)
@@ -146,24 +124,32 @@ def check_output(output: Path, weights: Path) -> None:
 def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
     """Convert ``weights``; returns the report as a dict (also printed). Raises ConversionError.
 
-    ``weights`` and the other ConvertOptions fields as keywords (``values``), or a whole ConvertOptions.
+    ``weights`` and the other ConvertOptions fields as keywords (``values``; a format by its flag,
+    ``onnx=True``), or a whole ConvertOptions.
     runs: timed calls per model for the latency rows; threads: CPU threads while timing (0: defaults).
     """
-    options = weights if isinstance(weights, ConvertOptions) else ConvertOptions(weights, **values)
+    options = (
+        weights
+        if isinstance(weights, ConvertOptions)
+        else options_from(ConvertOptions, {"weights": weights, **values})
+    )
     weights = Path(options.weights)
     device = select_device(options.device)
     ckpt = load_checkpoint(weights)
     img_size = options.img_size or training_img_size(ckpt)
     plan = int8_plan(ckpt, options)  # bad INT8 arguments fail before any work
-    for flag in options.edge_formats:
-        EDGE_FORMATS[flag].require()  # so does a converter that is not installed
+    formats = options.written_formats()
+    for fmt in formats:
+        fmt.require(
+            f"--{fmt.flag}", ConversionError, f" (or drop --{fmt.flag})"
+        )  # so does a missing converter
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}
-        if not options.exports:
+        if not formats:
             return report
         model, images, _ = load_with_images(ckpt, img_size, device)
-        onnx_path = weights.with_suffix(".onnx")
+        base = weights.with_suffix("")
     else:
         output = Path(options.output) if options.output else default_output(weights)
         check_output(output, weights)
@@ -172,37 +158,32 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
         report = fusion_report(result, weights, output, options.runs, options.threads)
         print(format_report(report))
         print(f"Saved the fused checkpoint to {output}")
-        model, images, onnx_path = result.fused, result.images, output.with_suffix(".onnx")
-    release = Release(planned_artefacts(options, onnx_path))
+        model, images, base = result.fused, result.images, output.with_suffix("")
+    planned = {
+        path: title for fmt in formats for path, title in fmt.artefact_paths(base, options.int8).items()
+    }
+    release = Release(planned)
+    inputs = export_inputs(model, images, base, options.onnx_settings(), plan)
     try:
-        if options.exports_onnx:
-            report.update(export(model, onnx_path, images, options, plan, release))
-        if options.edge_formats:
-            kept = report.get("bounded", {}).get("onnx", {}).get("kept_float", [])  # --max-drop's search
-            edge = export_edge(model, onnx_path, images, options, plan, kept, release)
-            report["edge"] = edge["edge"]
-            report["bounded"] = report.get("bounded", {}) | edge["bounded"]
+        exported = write_formats(model, images, formats, inputs, release)
     except UserError as error:  # a refused artefact: nothing under its name, nor under the later ones'
         raise release.refusal(error) from None
+    print(exported.describe())
+    return report | exported_report(exported, base)
+
+
+def exported_report(exported: ExportResult, base: Path) -> dict:
+    """The report's "checks" ({artefact path: its check}), "onnx" (the FP32 graph's, when written) and
+    "bounded" ({artefact path: what --max-drop kept float})."""
+    checks = {path: dataclasses.asdict(check) for path, check in exported.checks.items()}
+    bounded = {
+        path: dataclasses.asdict(result) | {"drop": result.drop} for path, result in exported.bounded.items()
+    }
+    report = {"checks": checks, "bounded": bounded}
+    onnx_path = REGISTRY["onnx"].artefacts[0].path(base)
+    if str(onnx_path) in checks:
+        report["onnx"] = checks[str(onnx_path)]
     return report
-
-
-def planned_artefacts(options: ConvertOptions, onnx_path: Path) -> dict[Path, str]:
-    """Every artefact the flags ask for, {final path: its format's title}, in the order they are written."""
-    planned = {}
-    if options.exports_onnx:
-        planned[onnx_path] = "ONNX"
-    if options.openvino:
-        planned[openvino_folder(onnx_path)] = "OpenVINO IR"
-    if options.int8:
-        planned[int8_onnx_path(onnx_path)] = "INT8 ONNX"
-        if options.openvino:
-            planned[openvino_folder(int8_onnx_path(onnx_path))] = "INT8 OpenVINO IR"
-    for flag in options.edge_formats:
-        edge_format = EDGE_FORMATS[flag]
-        artefacts = edge_format.artefacts(onnx_path.with_suffix(""), options.int8)
-        planned |= dict.fromkeys(artefacts, edge_format.title)
-    return planned
 
 
 def save(result: FusionResult, ckpt: dict, weights: Path, output: Path) -> None:
@@ -242,63 +223,6 @@ def validation_config(ckpt: dict, data: str | Path | None, max_drop: float | Non
             f"({', '.join(map(str, sources)) or 'no val entry'}); pass the dataset YAML with --data."
         )
     return config
-
-
-def export(
-    model: nn.Module,
-    onnx_path: Path,
-    images: torch.Tensor,
-    options: ConvertOptions,
-    plan: Int8Plan | None,
-    release: Release,
-) -> dict:
-    """The exports of the fused ``model``, each checked on ``images``, published through ``release`` and
-    printed: the ONNX graph at ``onnx_path``, then with --openvino its IR, with --int8 the INT8 models.
-    Returns the report's "onnx", "runtimes" ({artefact path: its check}) and "bounded" ({runtime: what
-    --max-drop kept float})."""
-    checked = write_onnx(model, onnx_path, images, options.onnx_settings(), release)
-    print(checked.describe())
-    runtimes = []
-    if options.openvino:
-        runtimes.append(write_openvino(model, onnx_path, images, release))
-        print(runtimes[-1].describe())
-    bounded = {}
-    if plan is not None:
-        quantized = write_int8(model, onnx_path, images, plan, options.openvino, release)
-        print(quantized.describe())
-        runtimes += quantized.checks
-        bounded = {runtime: dataclasses.asdict(result) | {"drop": result.drop}
-                   for runtime, result in quantized.bounded.items()}  # fmt: skip
-    return {
-        "onnx": dataclasses.asdict(checked),
-        "runtimes": {check.path: dataclasses.asdict(check) for check in runtimes},
-        "bounded": bounded,
-    }
-
-
-def export_edge(
-    model: nn.Module,
-    onnx_path: Path,
-    images: torch.Tensor,
-    options: ConvertOptions,
-    plan: Int8Plan | None,
-    kept: list[str],
-    release: Release,
-) -> dict:
-    """The edge formats of the fused ``model`` beside ``onnx_path`` (MNN converts the published graph there),
-    each checked on ``images``, published through ``release`` and printed; ``kept``: the convolutions ONNX
-    Runtime's --max-drop search kept float. Returns the report's "edge" ({artefact path: its check}) and
-    the INT8 artefacts' "bounded" entries."""
-    onnx_written = onnx_path if options.exports_onnx else None
-    base = onnx_path.with_suffix("")
-    edge = write_edge(model, base, images, options.edge_formats, onnx_written, plan, kept, release)
-    print(edge.describe())
-    return {
-        "edge": {check.path: dataclasses.asdict(check) for check in edge.checks},
-        "bounded": {
-            path: dataclasses.asdict(result) | {"drop": result.drop} for path, result in edge.bounded.items()
-        },
-    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,8 @@
     python detect.py --weights best_fused.pt --source rtsp://cam/live --track # persistent object IDs
     python detect.py --weights best_fused.pt --source list.streams            # several streams at once
 
-Weights may be a training-form or fused .pt checkpoint (ours or yolov5's), an .onnx export (onnxruntime)
-or an OpenVINO IR (its folder or .xml).
+Weights may be a training-form or fused .pt checkpoint (ours or yolov5's) or any export of convert.py (its
+formats: utils.deploy.formats; --weights --help lists them).
 Annotated images (and videos) go to runs/detect/exp; --save-txt adds YOLO label files
 (class cx cy w h [conf] [track ID], normalized to the original image) in labels/. Sources from several
 folders keep their folders below the common one, so same-named files stay apart. A file that cannot be
@@ -38,9 +38,9 @@ from typing import ClassVar, Iterator
 import numpy as np
 
 from utils.cli import (
-    DNN_REFUSED,
     augment_option,
     build_parser,
+    choice_flags,
     device_option,
     exist_ok_option,
     half_option,
@@ -50,10 +50,11 @@ from utils.cli import (
     script_main,
 )
 from utils.data.sources import LoadSources, LoadStreams, SourceItem, is_stream
+from utils.deploy.detect_outputs import DetectionWriter, OutputOptions
 from utils.deploy.detections import describe
 from utils.deploy.detector import Detector
+from utils.deploy.formats import loadable, runtime_flags
 from utils.deploy.tracking import import_trackers
-from utils.deploy.writer import DetectionWriter, OutputOptions
 from utils.errors import DataError
 from utils.paths import increment_path
 
@@ -69,7 +70,6 @@ class DetectOptions:
         "--save-csv": "is not implemented; --save-txt --save-conf writes each image's boxes and scores.",
         "--save-format": "is not implemented: --save-txt writes YOLO-format rows only; drop it.",
         "--visualize": "(feature-map plots) is not implemented; drop it.",
-        "--dnn": DNN_REFUSED,
     }  # fmt: skip
     IGNORED: ClassVar[dict[str, str]] = {
         "--data": "the class names travel with the weights, which is all detect.py would read from it",
@@ -77,11 +77,9 @@ class DetectOptions:
     }
 
     weights: str | Path = option(
-        "",
-        ".pt checkpoint (ours, either form, or yolov5's), .onnx, OpenVINO IR or "
-        "an edge export (.tflite, .pte, ...)",
+        "", f"a .pt checkpoint (ours, either form, or yolov5's) or an export of convert.py: {loadable()}",
         required=True,
-    )
+    )  # fmt: skip
     source: str | Path = option(
         "data/images",
         "image, folder, glob, .txt list, video, webcam index (0), rtsp/rtmp/http(s) URL or .streams file",
@@ -97,6 +95,7 @@ class DetectOptions:
     agnostic_nms: bool = option(False, "suppress across classes")
     device: str = device_option(help="cpu or a CUDA index such as 0 (default: cuda if present)")
     half: bool = half_option()
+    runtime: str | None = choice_flags(runtime_flags())  # a runtime of another format (utils.deploy.formats)
     augment: bool = augment_option()
     view_img: bool = option(False, "show the annotated frames, a window per source (q ends the run)")
     vid_stride: int = option(1, "detect on every Nth frame of a video or stream")
@@ -123,7 +122,7 @@ class DetectOptions:
 
     def detector(self) -> Detector:
         """A Detector with these weights, device, precision and settings."""
-        detector = Detector(self.weights, self.device, half=self.half, augment=self.augment)
+        detector = Detector(self.weights, self.device, self.half, self.augment, self.runtime)
         detector.size, detector.classes, detector.agnostic = self.img_size, self.classes, self.agnostic_nms
         detector.conf, detector.iou, detector.max_det = self.conf_thres, self.iou_thres, self.max_det
         detector.check_classes(self.classes)

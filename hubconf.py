@@ -5,7 +5,7 @@
     results = model(frame_bgr, channels="bgr")  # an OpenCV frame
     model = torch.hub.load("path/to/RepYOLO", "repyolov5s", classes=5, source="local")  # untrained
 
-``custom`` loads weights RepYOLO wrote (a training-form or fused .pt, or an .onnx export) or an
+``custom`` loads weights RepYOLO wrote (a training-form or fused .pt, or any export of convert.py) or an
 ultralytics/yolov5 .pt. The named
 entries build untrained models, as no pretrained weights are published: with autoshape=True (the
 default) a Detector you can call on images like a loaded one, with autoshape=False the bare
@@ -18,8 +18,8 @@ dependencies = ["torch", "torchvision", "cv2", "numpy", "yaml", "PIL"]
 
 
 def custom(path: str, device: str = ""):
-    """A Detector over the weights at ``path`` (.pt either form, .onnx, an OpenVINO IR or an edge export of
-    convert.py: .torchscript, *_ncnn_model/, .tflite, .pte, .mnn) on ``device`` (cpu, 0, ...)."""
+    """A Detector over the weights at ``path`` (a .pt in either form, or any export of convert.py: the
+    formats of utils.deploy.formats) on ``device`` (cpu, 0, ...)."""
     from utils.deploy.detector import Detector
 
     return Detector(path, device)

@@ -4,8 +4,8 @@
     curl -F image=@data/images/shapes0.jpg http://127.0.0.1:8000/detect
     curl --data-binary @data/images/shapes0.jpg "http://127.0.0.1:8000/detect?annotated=true" -o drawn.jpg
 
-Weights are any file val.py takes (a .pt checkpoint in either form, an .onnx export, an OpenVINO IR, the
-INT8 files). Requests that arrive together are run as one batch (--max-batch, --max-wait-ms). The service
+Weights are any file val.py takes (a .pt checkpoint in either form, or any export of convert.py, INT8
+included). Requests that arrive together are run as one batch (--max-batch, --max-wait-ms). The service
 listens on 127.0.0.1 only unless --host says otherwise; it has no authentication, so to expose it put it
 behind a proxy that has. Needs `pip install -r requirements-serve.txt` (FastAPI, uvicorn).
 """
@@ -17,8 +17,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.cli import build_parser, device_option, half_option, option, script_main
+from utils.cli import build_parser, choice_flags, device_option, half_option, option, script_main
 from utils.deploy.detector import Detector
+from utils.deploy.formats import loadable, runtime_flags
 from utils.errors import ConfigError
 from utils.serve.service import DetectionService, ServiceSettings
 
@@ -30,8 +31,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 class ServeOptions:
     """What serve.py's flags set (utils.cli.option)."""
 
-    weights: str | Path = option("", ".pt checkpoint (ours, either form, or yolov5's), .onnx or OpenVINO IR",
-                                 required=True)  # fmt: skip
+    weights: str | Path = option(
+        "", f"a .pt checkpoint (ours, either form, or yolov5's) or an export of convert.py: {loadable()}",
+        required=True,
+    )  # fmt: skip
     host: str = option(
         "127.0.0.1", "address to listen on: 127.0.0.1 answers this machine only; 0.0.0.0 answers every "
         "network this machine is on, and the service has no authentication",
@@ -71,11 +74,12 @@ class ServeOptions:
     max_det: int = option(1000, "default boxes per image at most (a request may pass max_det=)")
     device: str = device_option(help="cpu or a CUDA index such as 0 (default: cuda if present)")
     half: bool = half_option()
+    runtime: str | None = choice_flags(runtime_flags())  # a runtime of another format (utils.deploy.formats)
     access_log: bool = option(False, "log every request")
 
     def detector(self) -> Detector:
         """A Detector with these weights, device, precision and default settings."""
-        detector = Detector(self.weights, self.device, half=self.half)
+        detector = Detector(self.weights, self.device, half=self.half, runtime=self.runtime)
         detector.size = self.img_size
         detector.conf, detector.iou, detector.max_det = self.conf_thres, self.iou_thres, self.max_det
         return detector

@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from utils.cli import (
-    DNN_REFUSED,
     augment_option,
+    choice_flags,
     device_option,
     exist_ok_option,
     half_option,
@@ -37,6 +37,7 @@ from utils.data.config import bundled_defaults, load_data_config, single_class_c
 from utils.data.labels import write_yolo_labels
 from utils.data.preprocess import check_img_size
 from utils.deploy.backend import load_inference_model
+from utils.deploy.formats import loadable, runtime_flags
 from utils.deploy.tta import AugmentedInference
 from utils.errors import ConfigError, DataError
 from utils.evaluation.evaluate import Thresholds, evaluate
@@ -67,15 +68,12 @@ class ValOptions:
     REFUSED: ClassVar[dict[str, str]] = {
         "--save-hybrid": "is refused: yolov5 adds the ground-truth labels to the predictions it scores and "
         "saves, so the mAP it reports is not the model's; use --save-txt --save-conf.",
-        "--dnn": DNN_REFUSED,
     }  # fmt: skip
 
     weights: str | Path = option(
-        "",
-        "checkpoint .pt (ours, either form, or yolov5's), .onnx, OpenVINO IR or "
-        "an edge export (.tflite, .pte, ...)",
+        "", f"a .pt checkpoint (ours, either form, or yolov5's) or an export of convert.py: {loadable()}",
         required=True,
-    )
+    )  # fmt: skip
     data: str | Path | None = option(None, "dataset YAML (default: the bundled synthetic dataset)")
     img_size: int | None = option(
         None, "inference size in pixels (default 640, or the bundled dataset's size without --data)",
@@ -88,6 +86,7 @@ class ValOptions:
     task: str = option("val", None, choices=("val", "test", "speed"))
     device: str = device_option(help="cpu, 0, 0,1 ... (default: GPU 0 when available)")
     half: bool = half_option()
+    runtime: str | None = choice_flags(runtime_flags())  # a runtime of another format (utils.deploy.formats)
     augment: bool = augment_option()
     single_cls: bool = option(
         False, "score as one class: every label and prediction is class 0, suppressed class-agnostically"
@@ -122,14 +121,16 @@ class ValOptions:
 
 
 def run(options: ValOptions | None = None, model: InferenceModel | None = None, **values) -> dict[str, Any]:
-    """Validate the model in ``options.weights`` (.pt either form, .onnx or an OpenVINO IR), or an already
-    loaded ``model``, on the ``task`` split of ``data`` (None: the bundled dataset). ``values``: the
+    """Validate the model in ``options.weights`` (a .pt in either form or any export of convert.py), or an
+    already loaded ``model``, on the ``task`` split of ``data`` (None: the bundled dataset). ``values``: the
     ValOptions fields, when no ``options`` is given. Writes metrics.json, the plots and the optional
     txt/JSON outputs to ``save_dir``; returns the metrics.json content (plus "coco_eval" when pycocotools
     ran)."""
     options = (options or ValOptions(**values)).check()
     if model is None:
-        model = load_inference_model(options.weights, options.device, half=options.half)
+        model = load_inference_model(
+            options.weights, options.device, half=options.half, runtime=options.runtime
+        )
     if options.augment:
         model = AugmentedInference(model)
     data_config = load_data_config(options.data)

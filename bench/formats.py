@@ -27,42 +27,45 @@ from typing import Sequence
 
 import torch
 
-from bench.quantization import LATENCY_CALIB, artefact, converted, cpu_features, scores
+from bench.quantization import LATENCY_CALIB, converted, cpu_features, scores
 
-# (row label, artefact suffix after "<stem>_fused", edge format flag or None, precision)
-ROWS = (
-    ("PyTorch .pt (rect batches)", ".pt", None, "FP32"),
-    ("TorchScript", ".torchscript", "torchscript", "FP32"),
-    ("ONNX Runtime", ".onnx", None, "FP32"),
-    ("ONNX Runtime", "_int8.onnx", None, "INT8"),
-    ("OpenVINO", "_openvino_model", None, "FP32"),
-    ("OpenVINO", "_int8_openvino_model", None, "INT8"),
-    ("NCNN", "_ncnn_model", "ncnn", "FP32"),
-    ("LiteRT (TFLite)", ".tflite", "tflite", "FP32"),
-    ("LiteRT (TFLite)", "_float16.tflite", "tflite", "FP16"),
-    ("LiteRT (TFLite)", "_int8.tflite", "tflite", "INT8"),
-    ("ExecuTorch XNNPACK", ".pte", "executorch", "FP32"),
-    ("ExecuTorch XNNPACK", "_int8.pte", "executorch", "INT8"),
-    ("MNN", ".mnn", "mnn", "FP32"),
-    ("CoreML", ".mlpackage", "coreml", "FP32"),
-)
-REFERENCE = ".onnx"  # the drops are against the FP32 ONNX graph at the same input
-EDGE_INT8 = ("_int8.tflite", "_int8.pte")
-NOT_RUN_HERE = {".mlpackage": "written, spec checked; Core ML runs only on macOS"}
+PRECISIONS = {"float32": "FP32", "float16": "FP16", "int8": "INT8"}
+
+
+def rows() -> list[tuple[str, object, object]]:
+    """(row key, format, artefact) of every artefact of every format in the registry (utils.deploy.formats),
+    in its order; a runtime of another format's artefacts (OpenCV DNN) is a row of its own."""
+    from utils.deploy.formats import REGISTRY
+
+    return [
+        (f"{fmt.name}{artefact.suffix}", fmt, artefact)
+        for fmt in REGISTRY.values()
+        for artefact in fmt.artefacts
+    ]
+
+
+REFERENCE = "onnx.onnx"  # the drops are against the FP32 ONNX graph at the same input
+
+
+def label(fmt) -> str:
+    """The row's runtime; the .pt is scored as val.py scores it for a user, with rectangular batches."""
+    return f"{fmt.runtime_label} (rect batches)" if fmt.name == "pytorch" else fmt.runtime_label
 
 
 def installed_flags() -> dict[str, bool]:
-    """{edge flag: True} for each edge format whose packages are installed (convert.py's keywords)."""
-    from utils.deploy.edge import EDGE_FORMATS
+    """{convert.py flag: True} of each format whose packages are installed (convert.py's keywords)."""
+    from utils.deploy.formats import REGISTRY
 
-    return {flag: True for flag, edge_format in EDGE_FORMATS.items() if not edge_format.missing()}
+    return {fmt.flag: True for fmt in REGISTRY.values() if fmt.flag and not fmt.missing()}
 
 
-def missing_note(flag: str | None) -> str | None:
-    from utils.deploy.edge import EDGE_FORMATS
+def missing_note(fmt) -> str | None:
+    missing = fmt.missing()
+    return f"not installed: {', '.join(missing)}" if missing else fmt.unavailable()
 
-    missing = EDGE_FORMATS[flag].missing() if flag else []
-    return f"not installed: {', '.join(missing)}" if missing else None
+
+def runtime_of(fmt) -> str | None:
+    return fmt.name if fmt.runs else None
 
 
 def size_mb(path: Path) -> float:
@@ -70,24 +73,26 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
-def exports(checkpoint: Path, folder: Path, img_size: int, calib: int) -> str:
-    """convert.py --onnx --openvino --int8 and every installed edge format of ``checkpoint`` into
-    ``folder`` (reused when done); the fused .pt's path."""
-    return converted(checkpoint, folder, img_size, calib, None, installed_flags())["fused"]
+def exports(checkpoint: Path, folder: Path, img_size: int, calib: int) -> Path:
+    """convert.py --int8 and every installed format of ``checkpoint`` into ``folder`` (reused when done);
+    the base name of the artefacts (the fused .pt without its suffix)."""
+    return Path(converted(checkpoint, folder, img_size, calib, None, installed_flags())["fused"]).with_suffix(
+        ""
+    )
 
 
-def latency_calls(fused: str, img_size: int, threads: int) -> dict[str, object]:
-    """{artefact suffix: a batch-1 call} of every runnable artefact beside ``fused``."""
+def latency_calls(base: Path, img_size: int, threads: int) -> dict[str, object]:
+    """{row key: a batch-1 call} of every runnable artefact of ``base``."""
     from utils.deploy.backend import load_inference_model
 
     x = torch.rand(1, 3, img_size, img_size)
     calls = {}
-    for _, suffix, _, _ in ROWS:
-        path = artefact(fused, suffix)
-        if suffix in NOT_RUN_HERE or not path.exists():
+    for key, fmt, artefact in rows():
+        path = artefact.path(base)
+        if missing_note(fmt) or not path.exists():
             continue
-        model = load_inference_model(path, threads=threads)
-        calls[suffix] = lambda model=model: model(x)
+        model = load_inference_model(path, threads=threads, runtime=runtime_of(fmt))
+        calls[key] = lambda model=model: model(x)
     return calls
 
 
@@ -111,27 +116,31 @@ def run(
     ckpt = load_checkpoint(checkpoint)
     map_size = training_img_size(ckpt)
     data_yaml = data or (ckpt.get("data") or {}).get("yaml_file")
-    fused = exports(checkpoint, root / f"score-{map_size}", map_size, calib)
-    rows: dict[str, dict] = {}
-    for label, suffix, flag, precision in ROWS:
-        path = artefact(fused, suffix)
-        row = rows[suffix] = {"label": label, "precision": precision, "latency_ms": {}}
-        row["note"] = missing_note(flag) or NOT_RUN_HERE.get(suffix)
+    base = exports(checkpoint, root / f"score-{map_size}", map_size, calib)
+    table: dict[str, dict] = {}
+    for key, fmt, artefact in rows():
+        path = artefact.path(base)
+        row = table[key] = {
+            "label": label(fmt),
+            "precision": PRECISIONS[artefact.precision],
+            "latency_ms": {},
+        }
+        row["note"] = missing_note(fmt)
         if path.exists():
             row["size_mb"] = size_mb(path)
-            if suffix not in NOT_RUN_HERE:
-                row.update(scores(path, data_yaml, map_size))
-    for row in rows.values():
-        if "mAP50_95" in row and row["label"] != ROWS[0][0]:
-            row["drop"] = rows[REFERENCE]["mAP50_95"] - row["mAP50_95"]
+            if not row["note"]:
+                row.update(scores(path, data_yaml, map_size, runtime=runtime_of(fmt)))
+    for key, row in table.items():
+        if "mAP50_95" in row and not key.startswith("pytorch"):
+            row["drop"] = table[REFERENCE]["mAP50_95"] - row["mAP50_95"]
     for size in sizes:
         timed = exports(checkpoint, root / f"latency-{size}", size, LATENCY_CALIB)
         calls = latency_calls(timed, size, threads)
-        for suffix, value in interleaved_latency(calls, rounds, threads, warmup=3).items():
-            rows[suffix]["latency_ms"][str(size)] = value
+        for key, value in interleaved_latency(calls, rounds, threads, warmup=3).items():
+            table[key]["latency_ms"][str(size)] = value
     results = {"cpu": platform.processor() or platform.machine(), "features": cpu_features(),
                "torch": torch.__version__, "threads": threads, "weights": str(checkpoint),
-               "img_size": map_size, "sizes": list(sizes), "rounds": rounds, "rows": rows}  # fmt: skip
+               "img_size": map_size, "sizes": list(sizes), "rounds": rounds, "rows": table}  # fmt: skip
     print(format_table(results))
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -160,24 +169,31 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def fastest_lines(rows: dict, sizes: Sequence[str]) -> list[str]:
+def edge_keys() -> set[str]:
+    """The rows of the edge runtimes (the formats of requirements-edge.txt)."""
+    from utils.deploy.formats.base import EDGE_REQUIREMENTS
+
+    return {key for key, fmt, _ in rows() if fmt.requirements == EDGE_REQUIREMENTS}
+
+
+def fastest_lines(table: dict, sizes: Sequence[str]) -> list[str]:
     """Which runtime is fastest at each size, FP32 and INT8, and the best INT8 (and the best INT8 of an
     edge runtime, LiteRT or ExecuTorch) against FP32 ONNX Runtime."""
     lines = []
     for size in sizes:
-        timed = {suffix: row["latency_ms"][size] for suffix, row in rows.items() if size in row["latency_ms"]}
+        timed = {key: row["latency_ms"][size] for key, row in table.items() if size in row["latency_ms"]}
         for precision in ("FP32", "INT8"):
-            of_precision = [suffix for suffix in timed if rows[suffix]["precision"] == precision]
+            of_precision = [key for key in timed if table[key]["precision"] == precision]
             if of_precision:
                 best = min(of_precision, key=timed.get)
-                lines.append(f"fastest {precision} at {size} px: {rows[best]['label']} {timed[best]:.1f} ms")
+                lines.append(f"fastest {precision} at {size} px: {table[best]['label']} {timed[best]:.1f} ms")
         reference = timed.get(REFERENCE)
-        int8 = {suffix: ms for suffix, ms in timed.items() if rows[suffix]["precision"] == "INT8"}
-        edge = {suffix: ms for suffix, ms in int8.items() if suffix in EDGE_INT8}
+        int8 = {key: ms for key, ms in timed.items() if table[key]["precision"] == "INT8"}
+        edge = {key: ms for key, ms in int8.items() if key in edge_keys()}
         for name, group in (("INT8", int8), ("edge INT8", edge)):
             if reference and group:
                 best = min(group, key=group.get)
-                lines.append(f"best {name} ({rows[best]['label']}) / FP32 ONNX Runtime at {size} px: "
+                lines.append(f"best {name} ({table[best]['label']}) / FP32 ONNX Runtime at {size} px: "
                              f"{group[best] / reference:.2f}x")  # fmt: skip
     return lines
 

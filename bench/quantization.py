@@ -31,24 +31,28 @@ from typing import Mapping, Sequence
 import torch
 
 MODELS = ("yolov5s.yaml", "repyolov5s.yaml", "repyolov5s-qa.yaml")
-# (row label, artefact suffix after "<stem>_fused"): what convert.py writes, in the report's order
+FP32, INT8 = "float32", "int8"
+# (row label, (format, precision) of the artefact: utils.deploy.formats): what convert.py writes, in order
 ARTEFACTS = (
-    ("PyTorch fused", ".pt"),
-    ("ORT FP32", ".onnx"),
-    ("OpenVINO FP32", "_openvino_model"),
-    ("ORT INT8", "_int8.onnx"),
-    ("OpenVINO INT8", "_int8_openvino_model"),
+    ("PyTorch fused", ("pytorch", FP32)),
+    ("ORT FP32", ("onnx", FP32)),
+    ("OpenVINO FP32", ("openvino", FP32)),
+    ("ORT INT8", ("onnx", INT8)),
+    ("OpenVINO INT8", ("openvino", INT8)),
 )
-# (row label, artefact suffix, key of convert.py's "bounded" report, FP32 row) of the --max-drop models
+# (row label, artefact, FP32 row) of the --max-drop models
 BOUNDED = (
-    ("ORT INT8 bounded", "_int8.onnx", "onnx", "ORT FP32"),
-    ("OpenVINO INT8 bounded", "_int8_openvino_model", "openvino", "OpenVINO FP32"),
+    ("ORT INT8 bounded", ("onnx", INT8), "ORT FP32"),
+    ("OpenVINO INT8 bounded", ("openvino", INT8), "OpenVINO FP32"),
 )
-# (row label, artefact suffix, its FP32 row) of --half: bfloat16 on a CPU with it natively (float16 on CUDA)
-HALF = (("PyTorch half", ".pt", "PyTorch fused"), ("OpenVINO half", "_openvino_model", "OpenVINO FP32"))
+# (row label, artefact, its FP32 row) of --half: bfloat16 on a CPU with it natively (float16 on CUDA)
+HALF = (
+    ("PyTorch half", ("pytorch", FP32), "PyTorch fused"),
+    ("OpenVINO half", ("openvino", FP32), "OpenVINO FP32"),
+)
 # (INT8 or half row, the FP32 row of the same runtime): the drop is measured against the runtime's own
 # float model
-DROPS = (("ORT INT8", "ORT FP32"), ("OpenVINO INT8", "OpenVINO FP32"), *((b[0], b[3]) for b in BOUNDED),
+DROPS = (("ORT INT8", "ORT FP32"), ("OpenVINO INT8", "OpenVINO FP32"), *((b[0], b[2]) for b in BOUNDED),
          *((h[0], h[2]) for h in HALF))  # fmt: skip
 FEATURES = {
     "AVX2": ("avx2",),
@@ -96,16 +100,19 @@ def converted(
         return json.loads(marker.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     fused = folder / f"{weights.stem}_fused.pt"
-    report = convert.run(weights, output=fused, img_size=img_size, openvino=True, int8=True, calib=calib,
-                         max_drop=max_drop, runs=1, **flags)  # fmt: skip
+    flags = {"openvino": True, **flags}
+    report = convert.run(weights, output=fused, img_size=img_size, int8=True, calib=calib, max_drop=max_drop,
+                         runs=1, **flags)  # fmt: skip
     done = {"fused": str(fused), "bounded": report.get("bounded", {})}
     marker.write_text(json.dumps(done, indent=2, default=str))
     return done
 
 
-def artefact(fused: str | Path, suffix: str) -> Path:
-    fused = Path(fused)
-    return fused.with_name(f"{fused.stem}{suffix}")
+def artefact(fused: str | Path, name: str, precision: str = FP32) -> Path:
+    """The artefact of the format ``name`` (utils.deploy.formats) in ``precision`` beside the fused .pt."""
+    from utils.deploy.formats import artefact_path
+
+    return artefact_path(Path(fused).with_suffix(""), name, precision)
 
 
 def half_available() -> bool:
@@ -115,13 +122,16 @@ def half_available() -> bool:
     return native_bf16_feature() is not None
 
 
-def scores(path: Path, data: str | None, img_size: int, half: bool = False) -> dict[str, float]:
-    """val.py's mAP50 and mAP50-95 (in points) of one artefact on the validation split."""
+def scores(
+    path: Path, data: str | None, img_size: int, half: bool = False, runtime: str | None = None
+) -> dict[str, float]:
+    """val.py's mAP50 and mAP50-95 (in points) of one artefact on the validation split (``runtime``: val.py's
+    runtime flag, e.g. --dnn)."""
     import val
 
     with tempfile.TemporaryDirectory() as folder:
         results = val.run(data=data, weights=path, img_size=img_size, workers=0, plots=False, quiet=True,
-                          save_dir=folder, half=half, device="cpu")  # fmt: skip
+                          save_dir=folder, half=half, device="cpu", runtime=runtime)  # fmt: skip
     return {"mAP50": 100 * results["mAP50"], "mAP50_95": 100 * results["mAP50_95"]}
 
 
@@ -134,11 +144,11 @@ def latency_calls(fused: str | Path, img_size: int, threads: int) -> dict[str, o
     eager = load_model(Path(fused))[0].eval()
     channels_last = load_inference_model(fused)
     calls = {"PyTorch eager": lambda: eager(x), "PyTorch channels_last": lambda: channels_last(x)}
-    for label, suffix in ARTEFACTS[1:]:
-        model = load_inference_model(artefact(fused, suffix), threads=threads)
+    for label, written in ARTEFACTS[1:]:
+        model = load_inference_model(artefact(fused, *written), threads=threads)
         calls[label] = lambda model=model: model(x)
-    for label, suffix, _ in HALF if half_available() else ():
-        model = load_inference_model(artefact(fused, suffix), threads=threads, half=True)
+    for label, written, _ in HALF if half_available() else ():
+        model = load_inference_model(artefact(fused, *written), threads=threads, half=True)
         calls[label] = lambda model=model: model(x)
     return calls
 
@@ -177,14 +187,15 @@ def run(
         plain = converted(checkpoint, root / name / f"int8-{map_size}", map_size, calib, None)
         bounded = converted(checkpoint, root / name / f"bounded-{map_size}", map_size, calib, max_drop)
         rows = {
-            label: scores(artefact(plain["fused"], suffix), data_yaml, map_size)
-            for label, suffix in ARTEFACTS
+            label: scores(artefact(plain["fused"], *written), data_yaml, map_size)
+            for label, written in ARTEFACTS
         }
-        for label, end, runtime, _ in BOUNDED:
-            rows[label] = scores(artefact(bounded["fused"], end), data_yaml, map_size)
-            rows[label]["kept_float"] = bounded["bounded"].get(runtime, {}).get("kept_float", [])
-        for label, suffix, _ in HALF if half_available() else ():
-            rows[label] = scores(artefact(plain["fused"], suffix), data_yaml, map_size, half=True)
+        for label, written, _ in BOUNDED:
+            path = artefact(bounded["fused"], *written)
+            rows[label] = scores(path, data_yaml, map_size)
+            rows[label]["kept_float"] = bounded["bounded"].get(str(path), {}).get("kept_float", [])
+        for label, written, _ in HALF if half_available() else ():
+            rows[label] = scores(artefact(plain["fused"], *written), data_yaml, map_size, half=True)
         for label, reference in DROPS:
             if label not in rows:
                 continue

@@ -44,10 +44,10 @@ from utils.deploy.detections import annotate
 from utils.deploy.detector import Detector
 from utils.deploy.tracking import Tracker, low_conf
 
-RUNTIMES = (
-    ("PyTorch", ".pt"),
-    ("OpenVINO FP32", "_openvino_model"),
-    ("OpenVINO INT8", "_int8_openvino_model"),
+RUNTIMES = (  # (label, the artefact's format and precision: utils.deploy.formats)
+    ("PyTorch", ("pytorch", "float32")),
+    ("OpenVINO FP32", ("openvino", "float32")),
+    ("OpenVINO INT8", ("openvino", "int8")),
 )
 MIN_VISIBILITY = 0.3  # objects less visible than this are not scored
 VIDEO_FRAMES = 300
@@ -192,7 +192,7 @@ def tracking_quality(detector: Detector, seeds: Sequence[int]) -> dict:
 def runtimes(weights: Path, size: int, project: Path) -> dict[str, Path]:
     """{runtime label: artefact} of ``weights`` at ``size``, converted once under project (reused)."""
     fused = converted(weights, project / f"{size}", size, LATENCY_CALIB, None)["fused"]
-    return {label: artefact(fused, suffix) if suffix != ".pt" else Path(fused) for label, suffix in RUNTIMES}
+    return {label: artefact(fused, *written) for label, written in RUNTIMES}
 
 
 def run(

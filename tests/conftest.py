@@ -96,7 +96,7 @@ def tiny_onnx_export(tmp_path_factory):
 
     import convert
     from tests.helpers import write_images, write_tiny_checkpoint
-    from utils.deploy.quantize import calibration_batches
+    from utils.deploy.int8.calibration import calibration_batches
 
     root = tmp_path_factory.mktemp("partial")
     images = write_images(root / "images", count=4, size=(64, 64))

@@ -22,9 +22,11 @@ import detect
 import val
 from tests.helpers import NAMES, write_images, write_tiny_checkpoint
 from utils.deploy.backend import load_inference_model
+from utils.deploy.formats.openvino import cpu_runtime
 from utils.deploy.graph import consumers_of, decode_tail_nodes
-from utils.deploy.partial_quantization import AccuracyTarget, float_convolutions, quantize_openvino_within
-from utils.deploy.quantize import calibration_batches
+from utils.deploy.int8.bounded import AccuracyTarget
+from utils.deploy.int8.calibration import calibration_batches
+from utils.deploy.int8.nncf_openvino import float_convolutions, quantize_openvino_within
 from utils.errors import DataError, DeviceError, WeightsError
 from utils.paths import ROOT
 
@@ -159,11 +161,11 @@ def test_bad_input_is_one_sentence(exported, tmp_path, capsys):
     broken.mkdir()
     (broken / "broken.xml").write_text("<net>not an IR")
     (broken / "metadata.yaml").write_text(yaml.safe_dump({"names": NAMES, "stride": 32}))
-    with pytest.raises(WeightsError, match="is corrupt or not an OpenVINO IR"):
+    with pytest.raises(WeightsError, match="is corrupt or is no OpenVINO IR model"):
         load_inference_model(broken)
     with pytest.raises(SystemExit) as exit_info:
         detect.main(["--weights", str(broken), "--source", str(root / "data" / "images")])
-    assert exit_info.value.code == 2 and "not an OpenVINO IR" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is no OpenVINO IR" in capsys.readouterr().err
 
 
 def test_bounded_openvino_reverts_layers_until_the_metric_holds(exported, tmp_path):
@@ -188,7 +190,13 @@ def test_bounded_openvino_reverts_layers_until_the_metric_holds(exported, tmp_pa
     everything = score(load_inference_model(root / "best_fused_int8_openvino_model"), batches)
     bound = 0.5 * (100 - everything)
     result = quantize_openvino_within(
-        fp32_xml, tmp_path / "q" / "q.xml", files, 64, head, AccuracyTarget(batches, score, bound), metadata
+        fp32_xml,
+        tmp_path / "q" / "q.xml",
+        files,
+        64,
+        head,
+        AccuracyTarget(batches, score, bound),
+        cpu_runtime(metadata),
     )
     assert result.float_score == 100 and result.drop <= bound + 1e-6
     assert result.kept_float, "a tight bound must keep some convolution float"

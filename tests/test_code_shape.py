@@ -1,6 +1,7 @@
 """Functions stay small: in models/, utils/ and the scripts none takes more than 8 parameters (an
 options object counts as one; self and cls do not count, *args and **kwargs count one each) and none is
-longer than 60 lines. Block constructors mirror a YAML row's arguments and are exempt from the count.
+longer than 60 lines. Block constructors mirror a YAML row's arguments and are exempt from the count. No
+module of utils/deploy/ is longer than 300 lines.
 
     python -m tests.test_code_shape      # prints every function over either limit, exempt ones included
 """
@@ -14,6 +15,7 @@ from utils.paths import ROOT
 
 MAX_PARAMETERS = 8
 MAX_LINES = 60
+MAX_DEPLOY_MODULE_LINES = 300  # utils/deploy/: one topic per module, one format per module
 SCRIPTS = ("train.py", "val.py", "detect.py", "convert.py", "serve.py")
 
 
@@ -49,6 +51,16 @@ def test_no_function_takes_more_than_8_parameters_or_60_lines():
     offenders = [f"{where} ({parameters} parameters, {lines} lines)"
                  for where, parameters, lines, exempt in oversized() if not exempt]  # fmt: skip
     assert not offenders, "split these functions or group their parameters: " + "; ".join(offenders)
+
+
+def test_no_deploy_module_is_over_300_lines():
+    modules = sorted((ROOT / "utils" / "deploy").rglob("*.py"))
+    long = [
+        f"{p.relative_to(ROOT)} ({n} lines)"
+        for p in modules
+        if (n := len(p.read_text().splitlines())) > MAX_DEPLOY_MODULE_LINES
+    ]
+    assert not long, "split these modules: " + "; ".join(long)
 
 
 if __name__ == "__main__":

@@ -121,14 +121,14 @@ def hidden_leftovers(folder: Path) -> list[str]:
 def test_a_refused_onnx_graph_leaves_nothing_under_its_name_and_the_error_names_what_was_not_written(
     checkpoint: Path, monkeypatch, capsys
 ):
-    import utils.deploy.pipeline as pipeline
+    from utils.deploy.formats import REGISTRY
 
-    def refuse(model, path, images, runs, threads, name):
-        assert path.is_file() and path.parent == name.parent
+    def refuse(model, written, images, name, inputs):
+        assert written.path.is_file() and written.path.parent == name.parent
         assert not name.exists() or name.read_bytes() == EARLIER, "the new graph is not published yet"
         raise convert.ConversionError(f"onnxruntime output of {name} differs from PyTorch (injected).")
 
-    monkeypatch.setattr(pipeline, "check_onnx", refuse)
+    monkeypatch.setattr(REGISTRY["onnx"], "check", refuse)
     onnx_path = checkpoint.with_name("best_fused.onnx")
     onnx_path.write_bytes(EARLIER)
     with pytest.raises(convert.ConversionError) as error:
@@ -151,15 +151,15 @@ def test_a_refused_onnx_graph_leaves_nothing_under_its_name_and_the_error_names_
 def test_a_refused_edge_artefact_keeps_the_published_onnx_and_leaves_nothing_under_its_own_name(
     checkpoint: Path, monkeypatch
 ):
-    import utils.deploy.pipeline as pipeline
     from utils.deploy.backend import load_inference_model
+    from utils.deploy.formats import REGISTRY
 
-    def refuse(model, flag, written, images, final):
-        assert flag == "torchscript" and written.path.is_file() and final.read_bytes() == EARLIER
+    def refuse(model, written, images, final, inputs):
+        assert written.path.is_file() and final.read_bytes() == EARLIER
         assert load_inference_model(written.path).kind == "torchscript", "loadable under its temporary name"
         raise convert.ConversionError(f"{final} differs from PyTorch (injected).")
 
-    monkeypatch.setattr(pipeline, "check_edge", refuse)
+    monkeypatch.setattr(REGISTRY["torchscript"], "check", refuse)
     torchscript = checkpoint.with_name("best_fused.torchscript")
     torchscript.write_bytes(EARLIER)
     with pytest.raises(convert.ConversionError) as error:
@@ -183,22 +183,23 @@ def test_a_refused_openvino_ir_leaves_no_folder_and_a_passed_one_loads_under_its
     """A folder artefact: checked as a temporary folder holding the final file names, so the .xml finds its
     .bin there and again after the rename; a refused one leaves no folder."""
     pytest.importorskip("openvino", reason="--openvino needs openvino (requirements-deploy.txt)")
-    import utils.deploy.pipeline as pipeline
     from utils.deploy.backend import load_inference_model
+    from utils.deploy.formats import REGISTRY
 
     convert.run(checkpoint, img_size=64, runs=1, openvino=True)
     folder = checkpoint.with_name("best_fused_openvino_model")
     assert sorted(p.name for p in folder.iterdir()) == ["best_fused.bin", "best_fused.xml", "metadata.yaml"]
     assert load_inference_model(folder).kind == "openvino" and hidden_leftovers(checkpoint.parent) == []
 
-    real = pipeline.compare_with_model
+    real = REGISTRY["openvino"].check
 
-    def refuse(model, weights, images, limit, name=None):
-        assert weights.is_dir() and (weights / "best_fused.xml").is_file() and weights.parent == folder.parent
-        real(model, weights, images, limit, name)  # it loads under the temporary name
+    def refuse(model, written, images, name, inputs):
+        staged = written.path
+        assert staged.is_dir() and (staged / "best_fused.xml").is_file() and staged.parent == folder.parent
+        real(model, written, images, name, inputs)  # it loads under the temporary name
         raise convert.ConversionError(f"{name} differs from PyTorch (injected).")
 
-    monkeypatch.setattr(pipeline, "compare_with_model", refuse)
+    monkeypatch.setattr(REGISTRY["openvino"], "check", refuse)
     fused = checkpoint.with_name("best_fused.pt")
     with pytest.raises(
         convert.ConversionError, match=r"not written: OpenVINO IR best_fused_openvino_model\.$"
@@ -248,9 +249,9 @@ def test_exports_leave_the_callers_model_as_they_found_it(checkpoint: Path, monk
     monkeypatch.setattr(convert, "fuse", fuse)
     flags = {"onnx": True, "torchscript": True}  # and the folder formats where they are installed
     flags["openvino"] = importlib.util.find_spec("openvino") is not None
-    flags["ncnn"] = not convert.EDGE_FORMATS["ncnn"].missing()
+    flags["ncnn"] = not convert.REGISTRY["ncnn"].missing()
     report = convert.run(checkpoint, img_size=64, runs=1, device=device, **flags)
-    assert report["edge"] and report["onnx"]
+    assert report["checks"] and report["onnx"]
     model, before = seen["model"], seen["state"]
     after = model.state_dict()
     assert list(after) == list(before)

@@ -1,9 +1,10 @@
-"""The edge formats (convert.py --torchscript --ncnn --tflite --executorch --mnn --coreml): one tiny model
-through every installed format, at 64 px with --int8 (8 calibration images): the artefacts under yolov5's
-names, each loaded by load_inference_model and close to PyTorch, scored by val.py, run by detect.py and
-the hub; a corrupt file of each and malformed metadata refused in one sentence; a missing converter or
-runtime named with the requirements file. A format whose packages are not installed
-(requirements-edge.txt) skips, saying so."""
+"""Every format of the registry (utils.deploy.formats.REGISTRY): one tiny model through every installed
+format, at 64 px with --int8 (8 calibration images): each artefact under yolov5's name, loaded by
+load_inference_model (with its runtime flag, for a runtime that runs another format's artefacts) and close
+to PyTorch, scored by val.py; a corrupt file of each refused in one sentence. The tests are parametrized
+over the registry, so a registered format is tested without a new test. Then what is particular to some:
+detect.py and the hub on edge artefacts, malformed metadata, a missing converter or runtime named with the
+requirements file. A format whose packages are not installed skips, saying so."""
 
 from __future__ import annotations
 
@@ -24,22 +25,14 @@ import yaml
 
 from tests.helpers import make_tiny_dataset, write_tiny_checkpoint
 from utils.data.config import load_data_config
-from utils.deploy.edge import EDGE_FORMATS
+from utils.deploy.formats import REGISTRY
 from utils.errors import ConversionError, WeightsError
 
-FLAGS = list(EDGE_FORMATS)
-# artefact (after the fused checkpoint's stem) -> (format flag, precision)
-ARTEFACTS = {
-    ".torchscript": ("torchscript", "float32"),
-    "_ncnn_model": ("ncnn", "float32"),
-    ".tflite": ("tflite", "float32"),
-    "_float16.tflite": ("tflite", "float16"),
-    "_int8.tflite": ("tflite", "int8"),
-    ".pte": ("executorch", "float32"),
-    "_int8.pte": ("executorch", "int8"),
-    ".mnn": ("mnn", "float32"),
-}
-RUNNABLE = [pytest.param(suffix, id=suffix.lstrip("._")) for suffix in ARTEFACTS]
+EXPORTED = [fmt for fmt in REGISTRY.values() if fmt.flag or fmt.runs]  # what convert.py writes or runs
+# (format, artefact) of every artefact an installed format runs (written by its own flag or its runs')
+ARTEFACTS = [(fmt, artefact) for fmt in EXPORTED for artefact in fmt.artefacts]
+RUNNABLE = [pytest.param(fmt, artefact, id=f"{fmt.name}{artefact.suffix}") for fmt, artefact in ARTEFACTS
+            if fmt.unavailable() is None]  # fmt: skip
 LIMITS = {"float32": 1e-4, "float16": 1e-3, "int8": 0.05}  # relative to the largest output
 # A detector with each kind of layer of repyolov5n once (stem Conv, RepVGG downsampling, C3 with its
 # residual, SPPF, Upsample, Concat, the three-level Detect) and 16 convolutions instead of 60: the
@@ -65,13 +58,16 @@ head:
 """
 
 
-def installed(flag: str) -> bool:
-    return not EDGE_FORMATS[flag].missing()
+def installed(name: str) -> bool:
+    return not REGISTRY[name].missing()
 
 
-def skip_unless_installed(flag: str) -> None:
-    if not installed(flag):
-        pytest.skip(f"--{flag} needs {', '.join(EDGE_FORMATS[flag].missing())} (requirements-edge.txt)")
+def skip_unless_installed(name: str) -> None:
+    fmt = REGISTRY[name]
+    if not installed(name):
+        pytest.skip(f"{fmt.title} needs {', '.join(fmt.missing())} ({fmt.requirements})")
+    if fmt.runs:
+        skip_unless_installed(fmt.runs)
 
 
 CONVERT_IN_A_SUBPROCESS = """
@@ -80,7 +76,7 @@ import torch
 import convert
 torch.set_num_threads(2)
 flags = {flag: True for flag in sys.argv[3:]}
-report = convert.run(sys.argv[1], img_size=64, runs=1, onnx=True, int8=True, **flags)
+report = convert.run(sys.argv[1], img_size=64, runs=1, int8=True, **flags)
 with open(sys.argv[2], "w") as file:
     json.dump(report, file, default=str)
 """
@@ -89,7 +85,7 @@ with open(sys.argv[2], "w") as file:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(fused model, artefact stem path, data yaml, convert report): the tiny checkpoint fused and written
-    in every installed edge format (and ONNX, which MNN converts from) at 64 px, with --int8. convert.py
+    in every installed format at 64 px, with --int8. convert.py
     runs in its own process: litert-torch brings JAX, whose threads make a later fork (the data loader's
     workers, other tests' subprocesses) liable to deadlock in this one."""
     from utils.checkpoint import load_model
@@ -102,7 +98,7 @@ def exported(tmp_path_factory):
     checkpoint = write_tiny_checkpoint(
         root / "best.pt", data=data, names=data["names"], cfg=str(root / "every-layer-once.yaml")
     )
-    flags = [flag for flag in FLAGS if installed(flag)]
+    flags = [fmt.flag for fmt in EXPORTED if fmt.flag and installed(fmt.name)]
     report_file = root / "report.json"
     command = [sys.executable, "-c", CONVERT_IN_A_SUBPROCESS, str(checkpoint), str(report_file), *flags]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -111,23 +107,27 @@ def exported(tmp_path_factory):
     return fused.eval(), root / "best_fused", data_yaml, json.loads(report_file.read_text())
 
 
-def artefact(exported, suffix: str) -> Path:
-    flag, _ = ARTEFACTS[suffix]
-    skip_unless_installed(flag)
+def artefact(exported, name: str, suffix: str) -> Path:
+    skip_unless_installed(name)
     return exported[1].with_name(exported[1].name + suffix)
 
 
-@pytest.mark.parametrize("suffix", RUNNABLE)
-def test_each_artefact_is_written_checked_and_runs_close_to_pytorch(exported, suffix):
+def runtime_of(fmt) -> str | None:
+    """load_inference_model's runtime for ``fmt``'s artefacts: its name where it runs another format's."""
+    return fmt.name if fmt.runs else None
+
+
+@pytest.mark.parametrize("fmt, written", RUNNABLE)
+def test_each_artefact_is_written_checked_and_runs_close_to_pytorch(exported, fmt, written):
     from utils.deploy.backend import load_inference_model
 
-    path = artefact(exported, suffix)
+    path = artefact(exported, fmt.name, written.suffix)
     fused, _, _, report = exported
-    flag, precision = ARTEFACTS[suffix]
-    assert str(path) in report["edge"], "convert.py checks every artefact it writes"
-    runtime = load_inference_model(path)
+    precision = written.precision
+    assert str(path) in report["checks"], "convert.py checks every artefact it writes"
+    runtime = load_inference_model(path, runtime=runtime_of(fmt))
     computes = "float32" if precision == "float16" else precision  # float16 weights, float32 arithmetic
-    assert runtime.kind == flag and runtime.precision == computes
+    assert runtime.kind == fmt.name and runtime.precision == computes
     assert runtime.names == list(fused.names) and runtime.stride == 32 and runtime.fixed_input_hw == (64, 64)
     torch.manual_seed(1)
     images = torch.rand(2, 3, 64, 64)  # two images: the static (1, 3, 64, 64) input runs them one by one
@@ -147,22 +147,24 @@ def onnx_score(exported) -> dict:
     return val.run(data=str(data_yaml), weights=str(stem.with_suffix(".onnx")), img_size=64, workers=0)
 
 
-@pytest.mark.parametrize("suffix", RUNNABLE)
-def test_val_scores_each_artefact_as_the_onnx_graph_at_the_same_input(exported, onnx_score, suffix):
+@pytest.mark.parametrize("fmt, written", RUNNABLE)
+def test_val_scores_each_artefact_as_the_onnx_graph_at_the_same_input(exported, onnx_score, fmt, written):
     import val
 
-    path = artefact(exported, suffix)
+    path = artefact(exported, fmt.name, written.suffix)
     reference = onnx_score
-    scored = val.run(data=str(exported[2]), weights=str(path), img_size=64, workers=0)
-    tolerance = 0.02 if ARTEFACTS[suffix][1] == "int8" else 0.002  # mAP50-95 as a fraction, untrained
+    scored = val.run(
+        data=str(exported[2]), weights=str(path), img_size=64, workers=0, runtime=runtime_of(fmt)
+    )
+    tolerance = 0.02 if written.precision == "int8" else 0.002  # mAP50-95 as a fraction, untrained
     assert abs(scored["mAP50_95"] - reference["mAP50_95"]) <= tolerance
 
 
-@pytest.mark.parametrize("suffix", ["_ncnn_model", "_int8.tflite"])
-def test_detect_runs_the_ncnn_and_litert_int8_artefacts(exported, suffix, tmp_path):
+@pytest.mark.parametrize("fmt, suffix", [("ncnn", "_ncnn_model"), ("tflite", "_int8.tflite")])
+def test_detect_runs_the_ncnn_and_litert_int8_artefacts(exported, fmt, suffix, tmp_path):
     import detect
 
-    path = artefact(exported, suffix)
+    path = artefact(exported, fmt, suffix)
     source = exported[2].parent / "shapes" / "images" / "val"
     results = detect.run(path, source, img_size=64, project=tmp_path, name="exp", exist_ok=True)
     images = sorted(source.glob("*.jpg"))
@@ -173,7 +175,7 @@ def test_detect_runs_the_ncnn_and_litert_int8_artefacts(exported, suffix, tmp_pa
 def test_the_hub_custom_entry_takes_an_edge_artefact(exported):
     import hubconf
 
-    path = artefact(exported, ".tflite")
+    path = artefact(exported, "tflite", ".tflite")
     detector = hubconf.custom(str(path), device="cpu")
     image = (torch.rand(80, 96, 3) * 255).to(torch.uint8).numpy()
     detections = detector(image)
@@ -185,7 +187,7 @@ def test_coreml_is_written_and_its_spec_checked_and_loading_it_off_macos_says_wh
 
     skip_unless_installed("coreml")
     path = exported[1].with_name(exported[1].name + ".mlpackage")
-    check = exported[3]["edge"][str(path)]
+    check = exported[3]["checks"][str(path)]
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in exported[0].modules())
     assert check["inputs"] == {"images": [1, 3, 64, 64]} and check["outputs"] == ["output"]
     assert check["convolutions"] == convs
@@ -194,31 +196,38 @@ def test_coreml_is_written_and_its_spec_checked_and_loading_it_off_macos_says_wh
             load_inference_model(path)
 
 
-@pytest.mark.parametrize("suffix", [".torchscript", "_ncnn_model", ".tflite", ".pte", ".mnn"])
-def test_a_corrupt_file_of_each_format_is_refused_in_one_sentence(exported, suffix, tmp_path):
+CORRUPT = [pytest.param(fmt, id=fmt.name) for fmt in EXPORTED if fmt.unavailable() is None]
+
+
+@pytest.mark.parametrize("fmt", CORRUPT)
+def test_a_corrupt_file_of_each_format_is_refused_in_one_sentence(exported, fmt, tmp_path):
+    """Garbage under the name of the format's first artefact (in a folder, under each name the folder of a
+    written artefact holds, beside its metadata.yaml)."""
     from utils.deploy.backend import load_inference_model
 
-    flag, _ = ARTEFACTS[suffix]
-    skip_unless_installed(flag)
+    skip_unless_installed(fmt.name)
     garbage = b"\x00\x01 not a model \xb7\xff" * 8
+    suffix = fmt.artefacts[0].suffix
     path = tmp_path / f"broken{suffix}"
-    if suffix == "_ncnn_model":
+    written = artefact(exported, fmt.name, suffix)
+    if written.is_dir():
         path.mkdir()
-        for name in ("model.ncnn.param", "model.ncnn.bin"):
-            (path / name).write_bytes(garbage)
+        for inside in written.iterdir():
+            (path / inside.name).write_bytes(garbage)
         (path / "metadata.yaml").write_text("names: [a]\nstride: 32\nimg_size: [64, 64]\n")
     else:
         path.write_bytes(garbage)
     with pytest.raises(WeightsError) as error:
-        load_inference_model(path)
+        load_inference_model(path, runtime=runtime_of(fmt))
     message = str(error.value)
+    flag = fmt.flag or REGISTRY[fmt.runs].flag
     assert str(path) in message and f"convert.py --{flag}" in message and message.count(". ") == 0
 
 
 def test_an_artefact_without_repyolo_metadata_is_refused(exported, tmp_path):
     from utils.deploy.backend import load_inference_model
 
-    path = artefact(exported, ".tflite")
+    path = artefact(exported, "tflite", ".tflite")
     data = path.read_bytes()
     foreign = tmp_path / "foreign.tflite"
     foreign.write_bytes(data[: data.rindex(b"PK\x03\x04")])  # the model without the appended zip
@@ -235,14 +244,15 @@ def hide_module(monkeypatch, hidden: str) -> None:
 
 
 def test_mnn_converts_without_its_script_that_sends_usage_logs_and_pip_installs(exported, tmp_path):
-    from utils.deploy.edge import EDGE_FORMATS, write_mnn
-    from utils.deploy.pipeline import edge_inputs
+    from utils.deploy.formats.base import OnnxSettings
+    from utils.deploy.pipeline import export_inputs
 
     skip_unless_installed("mnn")
     fused, stem = exported[0], exported[1]
-    inputs = edge_inputs(fused, torch.rand(1, 3, 64, 64), stem.with_suffix(".onnx"), None)
-    write_mnn(inputs, tmp_path / "model")
-    assert EDGE_FORMATS["mnn"].path(tmp_path / "model").is_file()
+    inputs = export_inputs(fused, torch.rand(1, 3, 64, 64), tmp_path / "model", OnnxSettings(), None)
+    inputs.onnx_path = stem.with_suffix(".onnx")
+    written = list(REGISTRY["mnn"].write(inputs, tmp_path / "model"))
+    assert [w.path for w in written] == [tmp_path / "model.mnn"] and written[0].path.is_file()
     assert "MNN.tools.mnnconvert" not in sys.modules and "aliyun" not in sys.modules
 
 
@@ -252,10 +262,9 @@ def test_a_missing_converter_is_one_sentence_naming_the_package_and_the_requirem
     """Only pnnx missing, whatever this machine has installed: ncnn, the format's other package, is made
     to look installed, so the sentence is the same on requirements-dev.txt alone and with every file."""
     import convert
-    from utils.deploy.edge import EDGE_FORMATS
 
     real = importlib.util.find_spec
-    others = {module for _, module in EDGE_FORMATS["ncnn"].packages} - {"pnnx"}
+    others = {module for _, module in REGISTRY["ncnn"].packages} - {"pnnx"}
 
     def find_spec(name, *args):
         if name == "pnnx":
@@ -274,7 +283,7 @@ def test_a_missing_converter_is_one_sentence_naming_the_package_and_the_requirem
 def test_a_missing_runtime_is_one_sentence_naming_the_requirements_file(exported, monkeypatch):
     from utils.deploy.backend import load_inference_model
 
-    path = artefact(exported, ".mnn")
+    path = artefact(exported, "mnn", ".mnn")
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "MNN" else real(name, *a)
@@ -289,7 +298,8 @@ def test_pt2e_int8_keeps_float_the_convolutions_named_by_their_onnx_nodes(export
     leaves one convolution of the quantized trunk reading a float weight."""
     import onnx
 
-    from utils.deploy.edge import EdgeInputs, module_of_onnx_node, quantized_trunk
+    from utils.deploy.graph import module_of_onnx_node
+    from utils.deploy.int8.pt2e import quantized_trunk
 
     skip_unless_installed("executorch")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -306,11 +316,9 @@ def test_pt2e_int8_keeps_float_the_convolutions_named_by_their_onnx_nodes(export
 
     def float_weight_convs(kept: tuple[str, ...]) -> int:
         torch.manual_seed(0)
-        inputs = EdgeInputs(
-            fused, torch.rand(1, 3, 64, 64), {}, lambda: [torch.rand(1, 3, 64, 64)], None, kept
-        )
+        example, calibration = torch.rand(1, 3, 64, 64), lambda: [torch.rand(1, 3, 64, 64)]
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        trunk = quantized_trunk(inputs, quantizer).trunk
+        trunk = quantized_trunk(fused, example, calibration, quantizer, kept).trunk
         convs = [node for node in trunk.graph.nodes if node.target == torch.ops.aten.conv2d.default]
         assert convs, "the quantized trunk computes its convolutions"
         return sum(node.args[1].op == "get_attr" for node in convs)

@@ -14,7 +14,7 @@ from models.blocks.common import Bottleneck
 from models.yolo import Model, load_model_yaml
 from tests.helpers import NAMES, tiny_model
 from utils.deploy.backend import load_inference_model
-from utils.deploy.export import export_onnx
+from utils.deploy.formats.onnx import export_onnx
 from utils.deploy.graph import classify_add_nodes, count_ops
 from utils.deploy.metadata import read_metadata
 

@@ -10,10 +10,12 @@ import torch
 
 import convert
 from tests.helpers import write_images, write_tiny_checkpoint
-from utils.deploy.backend import OnnxInferenceModel
+from utils.deploy.formats.onnx import FORMAT as ONNX
+from utils.deploy.formats.onnx import OnnxInferenceModel
 from utils.deploy.graph import conv_layers
-from utils.deploy.partial_quantization import AccuracyTarget, _without_quantization, quantize_onnx_within
-from utils.deploy.quantize import quantize_onnx
+from utils.deploy.int8.bounded import AccuracyTarget
+from utils.deploy.int8.onnx_layers import without_quantization
+from utils.deploy.int8.onnx_runtime import quantize_onnx, quantize_onnx_within
 from utils.errors import ConfigError, DataError
 
 pytest.importorskip("onnxruntime")
@@ -42,7 +44,12 @@ def dequantized_inputs(model: onnx.ModelProto, name: str) -> list[str]:
 def test_a_loose_bound_keeps_every_layer_int8(tiny_onnx_export, tmp_path):
     fp32, files, batches = tiny_onnx_export
     result = quantize_onnx_within(
-        fp32, tmp_path / "q.onnx", files, 64, AccuracyTarget(batches, error_scorer(fp32), 1e9)
+        fp32,
+        tmp_path / "q.onnx",
+        files,
+        64,
+        AccuracyTarget(batches, error_scorer(fp32), 1e9),
+        ONNX.cpu_session,
     )
     assert result.kept_float == [] and result.float_score == 0
     assert result.int8_score == pytest.approx(result.all_layers_score)
@@ -52,10 +59,12 @@ def test_a_tight_bound_keeps_layers_float_until_it_holds(tiny_onnx_export, tmp_p
     fp32, files, batches = tiny_onnx_export
     score = error_scorer(fp32)
     everything = quantize_onnx_within(
-        fp32, tmp_path / "all.onnx", files, 64, AccuracyTarget(batches, score, 1e9)
+        fp32, tmp_path / "all.onnx", files, 64, AccuracyTarget(batches, score, 1e9), ONNX.cpu_session
     )
     bound = 0.5 * everything.drop  # half the all-INT8 error: some layers, not all, must stay float
-    result = quantize_onnx_within(fp32, tmp_path / "q.onnx", files, 64, AccuracyTarget(batches, score, bound))
+    result = quantize_onnx_within(
+        fp32, tmp_path / "q.onnx", files, 64, AccuracyTarget(batches, score, bound), ONNX.cpu_session
+    )
     assert result.drop <= bound and 0 < len(result.kept_float) <= len(conv_layers(onnx.load(str(fp32))))
     quantized = onnx.load(str(tmp_path / "q.onnx"))
     for conv in result.kept_float:
@@ -69,7 +78,7 @@ def test_a_float_layer_leaves_no_dead_nodes(tiny_onnx_export, tmp_path):
     quantize_onnx(fp32, tmp_path / "all.onnx", files, 64)
     quantized, original = onnx.load(str(tmp_path / "all.onnx")), onnx.load(str(fp32))
     layers = conv_layers(original)
-    model = _without_quantization(quantized, original, {node for nodes in layers.values() for node in nodes})
+    model = without_quantization(quantized, original, {node for nodes in layers.values() for node in nodes})
     used = {name for node in model.graph.node for name in node.input} | {"output"}
     assert all(any(name in used for name in node.output) for node in model.graph.node)
     assert all(init.name in used for init in model.graph.initializer)

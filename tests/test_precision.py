@@ -182,5 +182,5 @@ def test_half_is_refused_in_one_sentence_where_it_cannot_be_fast(weights, no_nat
         Detector(weights, device="cpu", half=True)
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"not read")
-    with pytest.raises(WeightsError, match="onnxruntime runs .*model.onnx as exported; drop --half"):
+    with pytest.raises(WeightsError, match="ONNX Runtime runs .*model.onnx as exported; drop --half"):
         load_inference_model(onnx_file, half=True)

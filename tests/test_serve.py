@@ -196,7 +196,7 @@ def test_an_onnx_export_is_served_and_described(tmp_path):
     """Any weights val.py takes: here a fused ONNX export, /model naming its runtime."""
     pytest.importorskip("onnxruntime")
     from tests.helpers import NAMES, tiny_model
-    from utils.deploy.export import export_onnx
+    from utils.deploy.formats.onnx import export_onnx
 
     metadata = {"names": NAMES, "nc": len(NAMES), "stride": 32, "deploy": True}
     fused = tiny_model().reparameterize().eval()
@@ -217,7 +217,7 @@ def test_a_quantized_onnx_graph_is_described_as_int8(tmp_path):
     import torch
     from onnx import TensorProto, helper
 
-    from utils.deploy.backend import OnnxInferenceModel
+    from utils.deploy.formats.onnx import OnnxInferenceModel
     from utils.deploy.metadata import write_metadata
 
     scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [1 / 255])

@@ -29,6 +29,19 @@ def option(default: Any = None, help: str | None = None, *flags: str, **argparse
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def flag_set(flags: dict[str, str]) -> Any:
+    """A list field that a family of flags fills: each of ``flags`` ({name: help}) is a store_true flag
+    --name of its own (destination name), and the field is the list of the names given, in ``flags``'
+    order (convert.py's format flags, from the format registry)."""
+    return dataclasses.field(default_factory=list, metadata={"flag_set": flags})
+
+
+def choice_flags(flags: dict[str, tuple[str, str]]) -> Any:
+    """A field that one of a family of flags sets: each of ``flags`` ({name: (value, help)}) is a flag
+    --name that sets the field to its value (default None): val.py's and detect.py's runtime flags."""
+    return dataclasses.field(default=None, metadata={"choice_flags": flags})
+
+
 # --- the flags several scripts share ------------------------------------------------------------
 
 
@@ -42,9 +55,6 @@ def name_option() -> Any:
 
 def exist_ok_option() -> Any:
     return option(False, "reuse project/name instead of incrementing")
-
-
-DNN_REFUSED = "(OpenCV DNN) is not implemented; an .onnx given as --weights runs on ONNX Runtime; drop it."
 
 
 def device_option(default: str = "", help: str = "cpu, 0 or 0,1 (empty: first GPU if any)") -> Any:
@@ -67,6 +77,10 @@ def half_option() -> Any:
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of the dataclass ``cls`` that was declared with ``option``."""
     for field in dataclasses.fields(cls):
+        for name, help in field.metadata.get("flag_set", {}).items():
+            parser.add_argument(f"--{name}", dest=name, action="store_true", help=help)
+        for name, (value, help) in field.metadata.get("choice_flags", {}).items():
+            parser.add_argument(f"--{name}", dest=field.name, action="store_const", const=value, help=help)
         if "argparse" not in field.metadata:
             continue
         settings = dict(field.metadata["argparse"])
@@ -122,7 +136,19 @@ def build_parser(cls: type, description: str | None) -> argparse.ArgumentParser:
 
 def parse_options(cls: type[Options], argv: Sequence[str] | None, description: str | None) -> Options:
     """The dataclass ``cls`` filled from the command line ``argv`` (None: sys.argv)."""
-    return cls(**vars(build_parser(cls, description).parse_args(argv)))
+    return options_from(cls, vars(build_parser(cls, description).parse_args(argv)))
+
+
+def options_from(cls: type[Options], values: dict[str, Any]) -> Options:
+    """The dataclass ``cls`` from parsed ``values``, or keywords, in which the flags of a flag_set field
+    are given one by one (``onnx=True``)."""
+    values = dict(values)
+    for field in dataclasses.fields(cls):
+        names = field.metadata.get("flag_set", {})
+        given = [name for name in names if values.pop(name, False)]
+        if given:
+            values[field.name] = [*values.get(field.name, []), *given]
+    return cls(**values)
 
 
 def script_main(script: str, run: Callable[[Any], Any], options: Any, verbose: bool = True) -> tuple:

@@ -1,8 +1,8 @@
 """The face every detector shows to evaluation, training and deployment: ``InferenceModel``, called on a
 float tensor (B, 3, H, W), RGB, 0..1, returns the decoded predictions (B, N, 5 + nc) as a torch tensor
 (cx, cy, w, h in input pixels, objectness, class scores), whatever runs underneath. ``TorchInferenceModel``
-is the PyTorch one; ``ArrayInferenceModel`` the base of the exported runtimes (ONNX Runtime, OpenVINO in
-utils.deploy.backend; the edge formats in utils.deploy.edge_runtimes)."""
+is the PyTorch one; ``ArrayInferenceModel`` the base of every exported format's runtime (one module per
+format in utils.deploy.formats)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ LETTERBOX_GRAY = 114 / 255  # the fill colour of utils.data.preprocess.letterbox
 
 
 class InferenceModel:
-    """Common face of a PyTorch, ONNX Runtime or OpenVINO detector.
+    """Common face of a detector, whatever format and runtime it is.
 
     Attributes:
         names: class names, nc: number of classes, stride: the largest stride (int), input sizes
-        must be multiples of it. fixed_input_hw: (height, width) a static ONNX graph was exported
-        for, else None (any multiple of ``stride`` works). kind: "pytorch", "onnx" or "openvino".
+        must be multiples of it. fixed_input_hw: (height, width) an export with a fixed input was
+        written for, else None (any multiple of ``stride`` works). kind: the name of its format in
+        utils.deploy.formats.REGISTRY ("pytorch", "onnx", "openvino", "tflite", ...).
         deploy: whether the weights are the fused (re-parameterized) form.
         train_img_size: the image size the model was trained (or exported) at, when recorded, else None;
         detection uses it when no image size is given. half_precision: the dtype it computes in with
@@ -117,7 +118,7 @@ class TorchInferenceModel(InferenceModel):
 
 
 class ArrayInferenceModel(InferenceModel):
-    """A runtime that takes and returns numpy arrays on the CPU (ONNX Runtime, OpenVINO). A static graph
+    """A runtime that takes and returns numpy arrays on the CPU (every exported format). A static graph
     takes smaller inputs padded at the bottom and right with letterbox gray (box coordinates are
     unchanged by that), and any batch size, run in chunks of the graph's batch."""
 

@@ -1,25 +1,28 @@
-"""Repository paths, run-folder naming, and the atomic write every file a run rewrites goes through."""
+"""Repository paths, run-folder naming, and the one way a file or folder is written atomically: under a
+temporary name beside its final one, synced, then renamed (``publish``; ``atomic_open`` for a file a run
+rewrites, utils.deploy.staging for the exports)."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-UMASK = os.umask(0o022)  # read once, at import: reading it means setting it, which threads must not race
-os.umask(UMASK)
 _write_point_callbacks: list[Callable[[], None]] = []
 
 
 def on_write_point(callback: Callable[[], None]) -> Callable[[], None]:
-    """Call ``callback()`` at each write point of atomic_open: when the temporary file is complete and
-    synced, just before it is renamed over the target, and just after the rename. Callbacks run in the
-    order they were added; the function returned removes this one (calling it again does nothing).
+    """Call ``callback()`` at each write point of ``publish`` (atomic_open's files, the exports): when the
+    new file is complete and synced, just before it is renamed over the target, and just after the rename.
+    Callbacks run in the order they were added; the function returned removes this one (calling it again
+    does nothing).
 
     Meant for tests that cut a run off at a chosen write, as a power cut would: tests/test_crash_safety.py
     counts the points and kills its process at the N-th. An exception a callback raises propagates out of
@@ -41,11 +44,52 @@ def _write_point() -> None:
         callback()
 
 
+def temporary_name(final: Path, keep_suffix: bool = False) -> Path:
+    """A new hidden name beside ``final``: best.pt -> .best.pt.3f9a0c1e.tmp, or with ``keep_suffix``
+    .best.pt.3f9a0c1e.tmp.pt (an export is checked under it by the loader its suffix chooses)."""
+    name = f".{final.name}.{secrets.token_hex(4)}.tmp"
+    return final.with_name(name + final.suffix if keep_suffix else name)
+
+
+def remove(path: Path) -> None:
+    """Remove the file or folder ``path``, if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sync(path: Path) -> None:
+    """Flush the file ``path``, or every file under the folder ``path``, to disk."""
+    files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
+    for file in files:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def publish(staged: Path, final: Path, durable: bool = True) -> Path:
+    """Rename the complete ``staged`` file or folder to ``final``, so that a reader (or a run killed at any
+    moment) finds the old one or the new one there, never a part. durable: sync it to disk first, so that
+    the rename never outlives its contents in a power cut. A file replaces an earlier one in one rename; no
+    rename replaces a folder, so an earlier one is first renamed aside, then removed."""
+    if durable:
+        sync(staged)
+    _write_point()
+    if final.is_dir() or (staged.is_dir() and final.exists()):
+        aside = temporary_name(final)
+        final.rename(aside)
+        staged.rename(final)
+        remove(aside)
+    else:
+        os.replace(staged, final)
+    _write_point()
+    return final
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", durable: bool = True) -> Iterator[IO]:
-    """Open a temporary file beside ``path`` for writing; on success it is flushed and renamed over
-    ``path`` in one step, so a reader (or a run killed at any moment) sees the old file or the new one,
-    never a part. The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
+    """Open a temporary file beside ``path`` for writing; on success it is published over ``path``
+    (``publish``). The file gets the usual permissions (0666 less the umask).
 
     durable: also sync the file to disk before the rename and first remove the temporary files left by
     killed writes of the same file (a folder listing): what checkpoints and run files need. A cache of
@@ -54,22 +98,16 @@ def atomic_open(path: str | Path, mode: str = "w", durable: bool = True) -> Iter
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if durable:
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
             stale.unlink(missing_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = temporary_name(path)
     try:
-        with os.fdopen(handle, mode) as file:
+        with open(temporary, mode.replace("w", "x")) as file:
             yield file
-            file.flush()
-            if durable:
-                os.fsync(file.fileno())
-        os.chmod(temp_name, 0o666 & ~UMASK)
-        _write_point()
-        os.replace(temp_name, path)
+        publish(temporary, path, durable)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    _write_point()
 
 
 def write_text_atomic(path: str | Path, text: str, durable: bool = True) -> Path:

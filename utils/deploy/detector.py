@@ -1,6 +1,6 @@
 """The detector for Python code: weights in, detections in original-image pixels out.
 
-    detector = Detector("best.pt")  # a training-form or fused .pt, or an .onnx export
+    detector = Detector("best.pt")  # a training-form or fused .pt, or any export of convert.py
     results = detector(["a.jpg", pil_image, rgb_array], size=640)
     results.print()
     results.xyxy[0]  # Tensor[n, 6]: x1, y1, x2, y2 (pixels of a.jpg), confidence, class
@@ -20,83 +20,34 @@ calls its pieces (``thresholds``, ``prepare``, ``run_prepared``) to batch images
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Sequence, Union
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from utils.boxes import scale_boxes_to_original
+from utils.data.image_inputs import (
+    CHANNEL_ORDERS,
+    ImageInput,
+    Prepared,
+    check_network_batch,
+    load_input,
+    same_shape_batches,
+)
 from utils.data.preprocess import check_img_size, image_to_tensor, letterbox
-from utils.data.sources import read_image
 from utils.deploy.backend import load_inference_model
 from utils.deploy.detections import Detections, Failure
 from utils.deploy.tracking import Tracker, low_conf
 from utils.deploy.tta import AugmentedInference
 from utils.device import half_dtype, select_device, time_sync
-from utils.errors import ConfigError, ImageError
+from utils.errors import ConfigError
 from utils.inference import InferenceModel, TorchInferenceModel
 from utils.nms import non_max_suppression
 
 LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH = 32  # images per forward pass
-ImageInput = Union[str, Path, np.ndarray, Image.Image]
-CHANNEL_ORDERS = ("rgb", "bgr")  # of numpy array inputs: yolov5's and PIL's, OpenCV's
-
-
-def array_to_bgr(array: np.ndarray, index: int, channels: str) -> np.ndarray:
-    """The BGR uint8 (H, W, 3) image of a detector input array: (H, W, 3) in ``channels`` order ("rgb" or
-    "bgr"), (H, W, 4) with an alpha channel, which is dropped as yolov5 drops it, or gray (H, W) or
-    (H, W, 1). Raises ImageError naming the input for any other shape or dtype."""
-    image = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
-    usable_shape = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))
-    if array.dtype != np.uint8 or not usable_shape or 0 in array.shape:
-        raise ImageError(
-            f"input {index} is an array of shape {array.shape} and dtype {array.dtype}; pass a uint8 array "
-            "(H, W, 3) in RGB order (channels='bgr' for OpenCV's), (H, W, 4) with alpha, or (H, W) gray."
-        )
-    if image.ndim == 2:
-        return np.ascontiguousarray(np.repeat(image[..., None], 3, axis=2))
-    color = image[..., :3]
-    return np.ascontiguousarray(color if channels == "bgr" else color[..., ::-1])
-
-
-def load_input(item: Any, index: int, channels: str = "rgb") -> tuple[str, np.ndarray]:
-    """(a name, the image as BGR uint8 (H, W, 3)) for one detector input: a path, a PIL image (converted
-    to RGB, EXIF orientation applied as cv2.imread does) or a uint8 array (``array_to_bgr``: RGB unless
-    channels is "bgr"). BGR inside, because OpenCV letterboxes, draws and writes it. Raises ImageError
-    (ImageNotFoundError for a missing path) naming the input."""
-    if isinstance(item, (str, Path)):
-        if str(item).startswith(("http://", "https://")):
-            raise ImageError(f"input {index} is a URL ({item}); download it first, the detector reads files.")
-        return str(item), read_image(item)
-    if isinstance(item, np.ndarray):
-        return f"image{index}.jpg", array_to_bgr(item, index, channels)
-    if isinstance(item, Image.Image):
-        name = Path(getattr(item, "filename", "") or f"image{index}.jpg").name
-        rgb = np.asarray(ImageOps.exif_transpose(item).convert("RGB"))
-        return name, np.ascontiguousarray(rgb[..., ::-1])
-    if isinstance(item, torch.Tensor):
-        raise ImageError(
-            f"input {index} is a Tensor in a list; pass a batch Tensor[B, 3, H, W] alone for the network's "
-            "raw output, or the images as paths, PIL images or numpy arrays."
-        )
-    raise ImageError(
-        f"input {index} is a {type(item).__name__}; pass an image path, a PIL image or a uint8 numpy array "
-        "(H, W, 3) in RGB order."
-    )
-
-
-@dataclass
-class Prepared:
-    """One image ready for the network: its letterboxed uint8 tensor (3, h, w) and how to map back."""
-
-    tensor: torch.Tensor
-    ratio_pad: tuple[tuple[float, float], tuple[float, float]]
-    original_hw: tuple[int, int]
 
 
 class Detector:
@@ -106,9 +57,10 @@ class Detector:
     size (int or (h, w); None: the size the model was trained or exported at, else 640), conf (score
     threshold), iou (NMS IoU threshold), classes (keep only these class indices; None: all), agnostic
     (suppress across classes), max_det (boxes per image).
-    half: yolov5's --half, see utils.deploy.backend.load_inference_model (float16 on CUDA, bfloat16 on a
-    CPU that computes it natively; refused elsewhere). augment: yolov5's test-time augmentation (--augment,
-    utils.deploy.tta) for every call, unless a call says otherwise.
+    half: yolov5's --half, see utils.deploy.backend.load_inference_model (float16 on CUDA, bfloat16 on
+    a CPU that computes it natively; refused elsewhere). augment: yolov5's test-time augmentation
+    (--augment, utils.deploy.tta) for every call, unless a call says otherwise. runtime: a format that
+    runs the weights in place of their own (detect.py's --dnn: "opencv_dnn"; utils.deploy.formats).
     """
 
     def __init__(
@@ -117,6 +69,7 @@ class Detector:
         device: str = "",
         half: bool = False,
         augment: bool = False,
+        runtime: str | None = None,
     ) -> None:
         if isinstance(weights, InferenceModel):
             self.model = weights
@@ -125,7 +78,7 @@ class Detector:
             dtype = half_dtype(torch_device) if half else None
             self.model = TorchInferenceModel(weights.float().eval().to(torch_device), torch_device, dtype)
         else:
-            self.model = load_inference_model(weights, device, half=half)
+            self.model = load_inference_model(weights, device, half=half, runtime=runtime)
         self.names = self.model.names
         self.size: int | Sequence[int] | None = None
         self.conf, self.iou, self.max_det = 0.25, 0.45, 1000
@@ -136,8 +89,8 @@ class Detector:
         self.trackers: dict[Hashable, Tracker] = {}  # one per stream (``tracker``)
 
     def input_hw(self, size: int | Sequence[int] | None = None) -> tuple[int, int]:
-        """(height, width) to letterbox to: a static ONNX graph's own size, else ``size`` (default: the
-        detector's) rounded up to the stride. Raises ConfigError for a size below 1."""
+        """(height, width) to letterbox to: the size an export with a fixed input was written for, else
+        ``size`` (default: the detector's) rounded up to the stride. Raises ConfigError for a size below 1."""
         if size is None:
             size = self.size if self.size is not None else self.model.train_img_size or 640
         whole = (int, np.integer)
@@ -150,7 +103,9 @@ class Detector:
         if model.fixed_input_hw is not None:
             if tuple(sizes) != model.fixed_input_hw:
                 LOGGER.info(
-                    "using the ONNX model's fixed input size %s instead of %s", model.fixed_input_hw, sizes
+                    "using the size %s the weights were exported for instead of %s",
+                    model.fixed_input_hw,
+                    sizes,
                 )
             return model.fixed_input_hw
         height = check_img_size(sizes[0], model.stride)
@@ -284,27 +239,11 @@ class Detector:
         """What yolov5's AutoShape does with a tensor: the network's output for a batch the caller has
         already letterboxed, no NMS and no scaling back (the pieces detect.py adds: utils.nms, utils.boxes).
 
-        batch: float Tensor[B, 3, H, W], RGB in 0..1, H and W multiples of the model's stride (within a
-        static ONNX graph's size). -> Tensor[B, N, 5 + nc]: cx, cy, w, h (input pixels), objectness, class
+        batch: float Tensor[B, 3, H, W], RGB in 0..1, H and W multiples of the model's stride (within an
+        export's fixed size). -> Tensor[B, N, 5 + nc]: cx, cy, w, h (input pixels), objectness, class
         scores, as ``non_max_suppression`` takes it. Raises ImageError for a tensor of another form.
         """
-        shape, stride = tuple(batch.shape), self.model.stride
-        if batch.ndim != 4 or shape[1] != 3 or not batch.is_floating_point() or 0 in shape:
-            raise ImageError(
-                f"a tensor input of shape {shape} and dtype {batch.dtype} is not a batch the network takes; "
-                "pass a float Tensor[B, 3, H, W] of RGB values in 0..1, or the images as numpy arrays."
-            )
-        if shape[2] % stride or shape[3] % stride:
-            raise ImageError(
-                f"a tensor input of {shape[2]}x{shape[3]} pixels does not fit the model's stride {stride}; "
-                f"letterbox it to multiples of {stride}, or pass the images as numpy arrays."
-            )
-        largest = float(batch.max())
-        if largest > 1:  # a 0..255 batch runs, but every box would be noise
-            raise ImageError(
-                f"a tensor input holds values up to {largest:g}, not 0..1; divide it by 255, or pass the "
-                "images as uint8 numpy arrays."
-            )
+        check_network_batch(batch, self.model.stride)
         return self.model(batch)
 
     def thresholds(
@@ -334,16 +273,7 @@ class Detector:
 
     @staticmethod
     def forward_passes(prepared: Sequence[Prepared]) -> list[list[int]]:
-        """The positions in ``prepared`` that ``run_prepared`` runs as one forward pass each: images of one
-        letterboxed shape, at most MAX_BATCH of them."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for position, item in enumerate(prepared):
-            groups.setdefault(tuple(item.tensor.shape), []).append(position)
-        return [
-            group[first : first + MAX_BATCH]
-            for group in groups.values()
-            for first in range(0, len(group), MAX_BATCH)
-        ]
+        return same_shape_batches(prepared, MAX_BATCH)  # what ``run_prepared`` runs as one pass each
 
     def run_prepared(
         self, prepared: Sequence[Prepared], thresholds: Sequence[dict], augment: bool = False

@@ -1,6 +1,7 @@
 """Walks over an exported ONNX graph, written once: which node produces and which read each tensor, which
 nodes are activations, the Add nodes sorted by what they sum, the head that INT8 keeps float, and each
-convolution with the activation after it. Nodes of an exported graph are topologically sorted."""
+convolution with the activation after it, and the module of the model a node comes from. Nodes of an exported
+graph are topologically sorted."""
 
 from __future__ import annotations
 
@@ -134,3 +135,16 @@ def conv_layers(onnx_model: onnx.ModelProto) -> dict[str, list[str]]:
                     frontier.extend(child.output)
         layers[node.name] = members
     return layers
+
+
+def module_of_onnx_node(name: str) -> str:
+    """The module path of a node of our ONNX export: "/model.2/bottlenecks/bottlenecks.0/reduce/conv/Conv"
+    -> "model.2.bottlenecks.0.reduce.conv" (the exporter names a container's child by its qualified name
+    within the container, after the container itself)."""
+    parts: list[str] = []
+    for scope in name.strip("/").split("/")[:-1]:
+        if parts and scope.startswith(f"{parts[-1]}."):
+            parts[-1] = scope
+        else:
+            parts.append(scope)
+    return ".".join(parts)

@@ -1,9 +1,10 @@
 """The exported files' format: what the graph's input and output are called and how the metadata a loader
-needs (class names, stride, input size, whether the axes are dynamic) travels with them: in an ONNX
-model's ``metadata_props``, as ``metadata.yaml`` in an OpenVINO IR's or NCNN model's folder, and as a zip
-archive appended to a LiteRT (.tflite) or ExecuTorch (.pte) file (their runtimes read the model from the
-start of the file and ignore what follows, as yolov5 does for TFLite). Writing an export
-(utils.deploy.export) and loading one (utils.deploy.backend) both build on this module.
+needs (class names, stride, input size, whether the axes are dynamic) travels with them, in one of the
+ways this module writes and reads: string entries in the model file (an ONNX model's ``metadata_props``,
+a CoreML model's user-defined metadata), ``metadata.yaml`` in a model folder (OpenVINO, NCNN), or a zip
+archive appended to a flatbuffer file (LiteRT, ExecuTorch: their runtimes read the model from the start
+of the file and ignore what follows, as yolov5 does for TFLite). Each format's module
+(utils.deploy.formats) says which it uses.
 
 The graph has one input ``images`` (B, 3, H, W) float32 RGB in 0..1 and one output ``output``
 (B, N, 5 + nc) with the decoded predictions (cx, cy, w, h in input pixels, objectness, class scores),
@@ -16,7 +17,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
 
@@ -28,43 +29,38 @@ if TYPE_CHECKING:
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "output"
-FOLDER_METADATA = "metadata.yaml"  # in an OpenVINO IR's or NCNN model's folder
-ZIP_METADATA = "metadata.json"  # in the zip appended to a .tflite or .pte file
-NCNN_PARAM, NCNN_WEIGHTS = "model.ncnn.param", "model.ncnn.bin"  # in a *_ncnn_model/ folder
+FOLDER_METADATA = "metadata.yaml"  # in a model folder
+ZIP_METADATA = "metadata.json"  # in the zip appended to a flatbuffer file
 
 
 def write_metadata(onnx_model: onnx.ModelProto, values: dict[str, Any]) -> None:
     """Add ``values`` to metadata_props: strings as they are, anything else as JSON."""
     for key, value in values.items():
         entry = onnx_model.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value)
+        entry.key, entry.value = key, encoded(value)
 
 
 def read_metadata(onnx_model: onnx.ModelProto) -> dict[str, Any]:
-    """metadata_props as a dict, JSON values decoded (strings that are not JSON stay strings)."""
+    """metadata_props as a dict, JSON values decoded (decoded)."""
+    return decoded((entry.key, entry.value) for entry in onnx_model.metadata_props)
+
+
+def encoded(value: Any) -> str:
+    """A metadata value as a string entry of a model file (ONNX, CoreML): strings as they are, anything
+    else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decoded(entries: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """String entries (key, value) as a dict, JSON values decoded (strings that are not JSON stay
+    strings): what encoded wrote."""
     out: dict[str, Any] = {}
-    for entry in onnx_model.metadata_props:
+    for key, value in entries:
         try:
-            out[entry.key] = json.loads(entry.value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[entry.key] = entry.value
+            out[key] = value
     return out
-
-
-def openvino_folder(onnx_path: Path) -> Path:
-    """yolov5's naming: best_fused.onnx -> best_fused_openvino_model/ beside it."""
-    return onnx_path.with_name(f"{onnx_path.stem}_openvino_model")
-
-
-def int8_onnx_path(onnx_path: Path) -> Path:
-    """The INT8 model of an ONNX export (convert.py --int8): best_fused.onnx -> best_fused_int8.onnx."""
-    return onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
-
-
-def openvino_xml_path(onnx_path: Path) -> Path:
-    """The IR of an ONNX export: best_fused.onnx -> best_fused_openvino_model/best_fused.xml."""
-    return openvino_folder(onnx_path) / f"{onnx_path.stem}.xml"
 
 
 def write_folder_metadata(folder: Path, metadata: dict[str, Any]) -> Path:

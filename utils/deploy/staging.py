@@ -1,7 +1,7 @@
 """Exports published only once checked. val.py, detect.py and serve.py load whatever is under an export's
 final name, so an artefact that fails its check against PyTorch, or whose conversion was killed half-way,
 must never be there: each artefact (a file or a folder) is written under a temporary name beside its final
-one, checked there, and only then renamed to its final name.
+one, checked there, and only then published under its final name (utils.paths.publish: synced, renamed).
 
 The temporary name keeps the final suffix, by which the loaders choose the runtime, and the files inside a
 folder have their final names, so a runtime that finds one file by another's name (an OpenVINO .xml its
@@ -16,61 +16,22 @@ from __future__ import annotations
 import contextlib
 import glob
 import logging
-import os
-import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from utils.errors import UserError
+from utils.paths import publish, remove, temporary_name
 
 LOGGER = logging.getLogger(__name__)
-
-
-def temporary_name(final: Path) -> Path:
-    """A new hidden name beside ``final`` that ends in its suffix: best_fused.onnx ->
-    .best_fused.3f9a0c1e.tmp.onnx."""
-    return final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
-
-
-def remove(path: Path) -> None:
-    """Remove the file or folder ``path``, if there is one."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def sync(path: Path) -> None:
-    """Flush the files of ``path`` to disk, so that the rename that publishes them never outlives their
-    contents in a power cut."""
-    files = [path] if path.is_file() else [file for file in path.rglob("*") if file.is_file()]
-    for file in files:
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def publish(staged: Path, final: Path) -> Path:
-    """Rename ``staged`` (a file or a folder) to ``final``. A file replaces an earlier one in one rename; no
-    rename replaces a folder, so an earlier one is first renamed aside, then removed."""
-    sync(staged)
-    if final.is_dir() or (staged.is_dir() and final.exists()):
-        aside = temporary_name(final)
-        final.rename(aside)
-        staged.rename(final)
-        remove(aside)
-    else:
-        os.replace(staged, final)
-    return final
 
 
 @contextlib.contextmanager
 def staged_base(base: Path) -> Iterator[Path]:
     """A temporary base name beside ``base`` (e.g. runs/.../best_fused, the fused checkpoint without its
-    suffix), for a writer that names several artefacts after one base (utils.deploy.edge's writers); each is
-    then published with Release.staged. Whatever is still under the temporary base when the block ends (what
-    a failure left) is removed."""
+    suffix), for a format's writer that names several artefacts after one base; each is then published
+    with Release.staged. Whatever is still under the temporary base when the block ends (what a failure
+    left) is removed."""
     temporary = temporary_name(base)
     try:
         yield temporary
@@ -90,13 +51,14 @@ class Release:
     @contextlib.contextmanager
     def staged(self, final: Path, written: Path | None = None) -> Iterator[Path]:
         """A temporary name beside ``final`` (or ``written``, where a writer already wrote the artefact under
-        one) to write and check the artefact under; when the block ends, the artefact is renamed to ``final``.
+        one) to write and check the artefact under; when the block ends, the artefact is published as
+        ``final``.
 
         When the block raises, the artefact is removed, and so is an earlier export under ``final``: it may
         come from another model (an earlier conversion), and a loader must find there this model's checked
         artefact or nothing. An interrupt (Ctrl-C) removes only the new artefact."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        staged = written or temporary_name(final)
+        staged = written or temporary_name(final, keep_suffix=True)
         try:
             yield staged
         except BaseException as error:
@@ -109,7 +71,7 @@ class Release:
         self.published.append(final)
 
     def unwritten(self) -> list[str]:
-        """The planned artefacts not published, in words: ['TorchScript best_fused.torchscript', ...]."""
+        """The planned artefacts not published, in words: each its title and file name."""
         return [f"{title} {path.name}" for path, title in self.planned.items() if path not in self.published]
 
     def refusal(self, error: UserError) -> UserError:

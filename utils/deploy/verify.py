@@ -11,19 +11,18 @@ import onnx
 import torch
 from torch import nn
 
-from utils.deploy.backend import load_inference_model
 from utils.deploy.graph import classify_add_nodes, count_ops, format_op_counts
 from utils.deploy.metadata import read_metadata
 from utils.deploy.timing import channels_last_call, interleaved_latency
 from utils.errors import ConversionError
 from utils.inference import InferenceModel
 
-MAX_ONNX_RELATIVE_ERROR = 1e-4  # a different runtime with different kernels: round-off only
+MAX_RELATIVE_ERROR = 1e-4  # a different runtime with different kernels: round-off only
 
 
 @dataclass
 class RuntimeCheck:
-    """An exported artefact (kind: "onnx", "openvino") run beside PyTorch on the same images."""
+    """An exported artefact run beside PyTorch on the same images (kind: its format's name)."""
 
     path: str
     kind: str
@@ -77,15 +76,12 @@ def deviation(model: nn.Module, runtime: InferenceModel, images: torch.Tensor) -
 
 
 def compare_with_model(
-    model: nn.Module, weights: Path, images: torch.Tensor, limit: float | None, name: Path | None = None
+    model: nn.Module, runtime: InferenceModel, images: torch.Tensor, limit: float | None, name: Path
 ) -> RuntimeCheck:
-    """Run an exported artefact (any weights load_inference_model takes) and the PyTorch model on
-    ``images``. limit: the relative error above which the export is refused (None for INT8, whose
-    deviation is the quantization's and is judged by its mAP). name: the artefact's final path, which the
-    check and its refusal name, where ``weights`` is the temporary name it is checked under
-    (utils.deploy.staging)."""
-    name = name or weights
-    runtime = load_inference_model(weights, "cpu")
+    """Run an exported artefact (``runtime``, loaded from its temporary name: utils.deploy.staging) and the
+    PyTorch model on ``images``. limit: the relative error above which the export is refused (None for
+    INT8, whose deviation is the quantization's and is judged by its mAP). name: the artefact's final path,
+    which the check and its refusal name."""
     max_abs, max_rel = deviation(model, runtime, images)
     if limit is not None and not max_rel <= limit:
         raise ConversionError(
@@ -96,25 +92,23 @@ def compare_with_model(
 
 
 def check_onnx(
-    model: nn.Module, path: Path, images: torch.Tensor, runs: int, threads: int = 0, name: Path | None = None
+    model: nn.Module, session: InferenceModel, images: torch.Tensor, runs: int, threads: int, name: Path
 ) -> OnnxCheck:
-    """Check the ONNX export ``path`` of ``model``: no BatchNormalization nor branch Add left, onnxruntime
-    within MAX_ONNX_RELATIVE_ERROR of PyTorch on ``images``; then time both at batch 1 (``runs`` timed
-    calls, ``threads`` CPU threads, 0: defaults). name: as compare_with_model's."""
-    name = name or path
-    graph = onnx.load(str(path))
+    """Check the ONNX export of ``model`` that ``session`` runs (ONNX Runtime, ``threads`` CPU threads, 0:
+    its default): no BatchNormalization nor branch Add left, within MAX_RELATIVE_ERROR of PyTorch on
+    ``images``; then time both at batch 1 (``runs`` timed calls). name: as compare_with_model's."""
+    graph = onnx.load(str(session.path))
     counts, add_kinds = count_ops(graph), classify_add_nodes(graph)
     if counts.get("BatchNormalization", 0) or add_kinds["branch"]:
         raise ConversionError(
             f"{name} still has {counts.get('BatchNormalization', 0)} BatchNormalization and "
             f"{add_kinds['branch']} branch Add nodes; the model is not fully fused — report its config."
         )
-    session = load_inference_model(path, "cpu", threads=threads)
     max_abs, max_rel = deviation(model, session, images)
-    if not max_rel <= MAX_ONNX_RELATIVE_ERROR:
+    if not max_rel <= MAX_RELATIVE_ERROR:
         raise ConversionError(
             f"onnxruntime output of {name} differs from PyTorch by relative error {max_rel:.3g} "
-            f"(limit {MAX_ONNX_RELATIVE_ERROR:g}); try another ONNX opset."
+            f"(limit {MAX_RELATIVE_ERROR:g}); try another ONNX opset."
         )
     single = images[:1]
     calls = {"pytorch": channels_last_call(model, single), "onnxruntime": lambda: session(single.cpu())}

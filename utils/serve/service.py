@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 import torch
 
+from utils.data.image_inputs import Prepared
 from utils.deploy.detections import annotate
-from utils.deploy.detector import Detector, Prepared
+from utils.deploy.detector import Detector
 from utils.errors import ConfigError
 from utils.evaluation.plots import color_hex
 from utils.nms import MAX_CANDIDATES

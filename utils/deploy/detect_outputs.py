@@ -1,6 +1,6 @@
 """detect.py's outputs under its run folder: annotated images and videos, YOLO label files (labels/), box
-crops (crops/<class>/), and with tracking one MOTChallenge file per video or stream (tracks/); and the
---view-img windows.
+crops (crops/<class>/), and with tracking one MOTChallenge file per video or stream (tracks/); the
+--view-img windows; and the drawing and crops that the Detector's results (utils.deploy.detections) share.
 
 Each source file's outputs sit at its path relative to the deepest folder holding all source files, so
 same-named images from different folders (a/im0.jpg, b/im0.jpg) keep apart; no output may replace a
@@ -11,6 +11,8 @@ annotated video <name>.mp4, labels/<name>_<frame>.txt, crops/<class>/<name>_<fra
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
@@ -21,10 +23,77 @@ import torch
 
 from utils.data.labels import mot_rows, write_yolo_labels
 from utils.data.sources import SourceItem, is_video, relative_output_paths
-from utils.deploy.detections import annotate, check_outputs_apart, has_display, save_crops
 from utils.errors import ConfigError
+from utils.evaluation.plots import as_numpy, box_labels, colors, draw_boxes, draw_labeled_boxes
 
 LOGGER = logging.getLogger(__name__)
+
+
+def annotate(
+    image: np.ndarray,
+    detections: np.ndarray | torch.Tensor,
+    names: list[str],
+    line_thickness: int | None = None,
+    hide_labels: bool = False,
+    hide_conf: bool = False,
+) -> np.ndarray:
+    """A copy of the BGR image with detections (n, 6) x1, y1, x2, y2, score, class drawn on it, lines and
+    labels sized in proportion to the image unless line_thickness (pixels) is given. Tracked detections
+    (n, 7), the track ID last, lead each label with their ID ("#3 circle 0.91") and are drawn in a color
+    per ID, so that an object keeps its color."""
+    if detections.shape[1] < 7:
+        return draw_boxes(image.copy(), detections[:, :4], detections[:, 5], detections[:, 4], names,
+                          line_thickness, hide_labels, hide_conf)  # fmt: skip
+    ids = as_numpy(detections[:, 6], int).tolist()
+    labels = None
+    if not hide_labels:
+        labels = [
+            f"#{i} {text}"
+            for i, text in zip(ids, box_labels(detections[:, 5], detections[:, 4], names, hide_conf))
+        ]
+    return draw_labeled_boxes(
+        image.copy(), detections[:, :4], [colors(i) for i in ids], labels, line_thickness
+    )
+
+
+def crop_box(image: np.ndarray, box_xyxy: Sequence[float]) -> np.ndarray:
+    """The pixels of image inside one box (x1, y1, x2, y2), outward-rounded; may be empty."""
+    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
+    return image[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))]
+
+
+def save_crops(
+    image: np.ndarray, detections: np.ndarray | torch.Tensor, names: list[str], crop_dir: Path, name: Path
+) -> list[Path]:
+    """Write each box's crop as crop_dir/<class name>/<name's folders>/<name>_<i>.jpg; returns the files."""
+    written = []
+    for i, row in enumerate(np.asarray(detections).tolist()):
+        crop = crop_box(image, row[:4])
+        if crop.size:
+            path = crop_dir / names[int(row[5])] / name.parent / f"{name.name}_{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), crop)
+            written.append(path)
+    return written
+
+
+def check_outputs_apart(outputs: Sequence[Path], inputs: Sequence[str | Path]) -> None:
+    """Raises ConfigError when an output file would replace an input file."""
+    sources = {Path(p).resolve() for p in inputs}
+    for output in outputs:
+        if Path(output).resolve() in sources:
+            raise ConfigError(
+                f"writing {output} would replace the source image of the same path; write the results "
+                "to a folder that holds no source files."
+            )
+
+
+def has_display() -> bool:
+    """Whether a window can open: always on macOS and Windows, elsewhere (X11, Wayland) when the session
+    names a display."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 @dataclass
