@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import platform
+import re
 import subprocess
 import sys
 import warnings
@@ -25,7 +26,7 @@ import yaml
 
 from tests.helpers import make_tiny_dataset, write_tiny_checkpoint
 from utils.data.config import load_data_config
-from utils.deploy.formats import REGISTRY
+from utils.deploy.formats import REGISTRY, runtime_flags
 from utils.errors import ConversionError, WeightsError
 
 EXPORTED = [fmt for fmt in REGISTRY.values() if fmt.flag or fmt.runs]  # what convert.py writes or runs
@@ -170,6 +171,32 @@ def test_detect_runs_the_ncnn_and_litert_int8_artefacts(exported, fmt, suffix, t
     images = sorted(source.glob("*.jpg"))
     assert len(results) == len(images)
     assert sorted(p.name for p in (tmp_path / "exp").glob("*.jpg")) == [p.name for p in images]
+
+
+RUNTIME_FLAGS = [pytest.param(flag, name, id=flag) for flag, (name, _) in runtime_flags().items()]
+
+
+@pytest.mark.parametrize("flag, name", RUNTIME_FLAGS)
+def test_val_and_detect_take_each_runtime_flag(exported, flag, name, tmp_path):
+    """yolov5's --dnn and any other runtime of another format's artefacts: val.py and detect.py as a user
+    types them; weights of another format are one sentence."""
+    import detect
+    import val
+    from utils.deploy.backend import load_inference_model
+
+    path = artefact(exported, name, REGISTRY[name].artefacts[0].suffix)
+    assert val.parse_args(["--weights", str(path), f"--{flag}"]).runtime == name
+    metrics = val.main(["--weights", str(path), "--data", str(exported[2]), "--img", "64", "--workers", "0",
+                        "--project", str(tmp_path), f"--{flag}"])  # fmt: skip
+    assert metrics["mAP50_95"] >= 0
+    source = exported[2].parent / "shapes" / "images" / "val"
+    detect.main(["--weights", str(path), "--source", str(source), "--img", "64", "--project", str(tmp_path),
+                 "--name", "detect", f"--{flag}"])  # fmt: skip
+    assert len(list((tmp_path / "detect").glob("*.jpg"))) == len(list(source.glob("*.jpg")))
+    with pytest.raises(
+        WeightsError, match=f"are not one of {re.escape(REGISTRY[REGISTRY[name].runs].shown_as)}"
+    ):
+        load_inference_model(exported[1].with_suffix(".pt"), runtime=name)
 
 
 def test_the_hub_custom_entry_takes_an_edge_artefact(exported):

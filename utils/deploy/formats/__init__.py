@@ -25,6 +25,7 @@ MODULES = (
     "executorch",
     "mnn",
     "coreml",
+    "opencv_dnn",
 )
 REGISTRY: dict[str, Format] = {
     module.FORMAT.name: module.FORMAT
