@@ -165,11 +165,16 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
     release = Release(planned)
     inputs = export_inputs(model, images, base, options.onnx_settings(), plan)
     try:
-        exported = write_formats(model, images, formats, inputs, release)
+        exported = write_formats(model, images, formats, inputs, release, print_check)
     except UserError as error:  # a refused artefact: nothing under its name, nor under the later ones'
         raise release.refusal(error) from None
-    print(exported.describe())
+    if exported.bounded or exported.int8:
+        print(exported.describe(checks=False))
     return report | exported_report(exported, base)
+
+
+def print_check(check) -> None:
+    print(check.describe())
 
 
 def exported_report(exported: ExportResult, base: Path) -> dict:

@@ -9,9 +9,11 @@ No step changes the caller's model: the writers convert a float32 CPU copy of it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -51,8 +53,9 @@ class ExportResult:
     bounded: dict[str, BoundedResult] = field(default_factory=dict)
     int8: bool = False  # an INT8 artefact was written
 
-    def describe(self) -> str:
-        lines = [check.describe() for check in self.checks.values()]
+    def describe(self, checks: bool = True) -> str:
+        """The checks (unless ``checks`` is False: printed as they passed), the bounds, the INT8 note."""
+        lines = [check.describe() for check in self.checks.values()] if checks else []
         lines += [result.describe() for result in self.bounded.values()]
         return "\n".join(lines + [INT8_NOTE] * self.int8)
 
@@ -75,16 +78,22 @@ def export_inputs(
 
 
 def write_formats(
-    model: nn.Module, images: torch.Tensor, formats: list[Format], inputs: ExportInputs, release: Release
+    model: nn.Module,
+    images: torch.Tensor,
+    formats: list[Format],
+    inputs: ExportInputs,
+    release: Release,
+    on_published: Callable[[object], None] | None = None,
 ) -> ExportResult:
     """Write the ``formats`` of the fused ``model`` beside ``inputs.base`` (the fused checkpoint without its
-    suffix), check each artefact against ``model`` on ``images`` and publish it once it passed."""
+    suffix), check each artefact against ``model`` on ``images`` and publish it once it passed;
+    ``on_published(check)`` after each (convert.py prints it)."""
     result = ExportResult()
     for fmt in formats:
         LOGGER.info("Writing %s ...", fmt.title)
         with staged_base(inputs.base) as temporary:
             artefacts = fmt.write(inputs, temporary)
-            while (written := next_quietly(artefacts)) is not None:
+            while (written := next_written(artefacts, fmt.quiet)) is not None:
                 final = inputs.base.with_name(
                     inputs.base.name + written.path.name.removeprefix(temporary.name)
                 )
@@ -92,15 +101,18 @@ def write_formats(
                     result.checks[str(final)] = fmt.check(model, written, images, final, inputs)
                     bounded_check(fmt, written, final, inputs)
                 fmt.published(inputs, written, final)
+                if on_published is not None:
+                    on_published(result.checks[str(final)])
                 if written.bounded is not None:
                     result.bounded[str(final)] = written.bounded
                 result.int8 |= written.precision == "int8"
     return result
 
 
-def next_quietly(artefacts) -> Written | None:
-    """The next artefact a writer yields, with what its converters print silenced."""
-    with quiet_native_output():
+def next_written(artefacts: Iterator[Written], quiet: bool) -> Written | None:
+    """The next artefact a writer yields (None after the last), with what its converters print silenced
+    where ``quiet``."""
+    with quiet_native_output() if quiet else contextlib.nullcontext():
         return next(artefacts, None)
 
 

@@ -140,6 +140,7 @@ class Format:
     reads_onnx = False  # converted from the published ONNX graph (convert.py then writes that too)
     half = False  # runs in half precision with --half
     any_folder = False  # an unrecognised folder is taken for this format's (its loader says what is missing)
+    quiet = True  # silence what its converters print natively while it writes (quiet_native_output)
 
     def __repr__(self) -> str:
         return f"<format {self.name}>"

@@ -135,6 +135,7 @@ class OnnxFormat(Format):
     help = "also export <output stem>.onnx and check it"
     artefacts = (Artefact(".onnx"), Artefact("_int8.onnx", "int8"))
     shown_as = ".onnx"
+    quiet = False  # the INT8 search logs its progress (and ONNX Runtime prints nothing of its own)
 
     def write(self, inputs: ExportInputs, staged: Path) -> Iterator[Written]:
         """The FP32 graph and, once it is published, its INT8 model (with --max-drop, the fewest

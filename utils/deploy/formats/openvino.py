@@ -130,6 +130,7 @@ class OpenVINOFormat(Format):
     reads_onnx = True
     half = True
     any_folder = True
+    quiet = False  # NNCF's progress bars and the --max-drop search's log lines are worth seeing
 
     def recognises(self, path: Path) -> bool:
         return path.suffix.lower() == ".xml" or path.name.endswith(self.artefacts[0].suffix)
