@@ -139,10 +139,8 @@ def run(weights: str | Path | ConvertOptions, **values: Any) -> dict:
     img_size = options.img_size or training_img_size(ckpt)
     plan = int8_plan(ckpt, options)  # bad INT8 arguments fail before any work
     formats = options.written_formats()
-    for fmt in formats:
-        fmt.require(
-            f"--{fmt.flag}", ConversionError, f" (or drop --{fmt.flag})"
-        )  # so does a missing converter
+    for fmt in formats:  # so does a missing converter
+        fmt.require(f"--{fmt.flag}", ConversionError, f" (or drop --{fmt.flag})")
     if ckpt.get("deploy"):
         LOGGER.info("%s is already fused (deploy: True); nothing to convert.", weights)
         report = {"status": "already fused", "weights": str(weights), "output": None}

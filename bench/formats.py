@@ -64,10 +64,6 @@ def missing_note(fmt) -> str | None:
     return f"not installed: {', '.join(missing)}" if missing else fmt.unavailable()
 
 
-def runtime_of(fmt) -> str | None:
-    return fmt.name if fmt.runs else None
-
-
 def size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
@@ -91,7 +87,7 @@ def latency_calls(base: Path, img_size: int, threads: int) -> dict[str, object]:
         path = artefact.path(base)
         if missing_note(fmt) or not path.exists():
             continue
-        model = load_inference_model(path, threads=threads, runtime=runtime_of(fmt))
+        model = load_inference_model(path, threads=threads, runtime=fmt.name)
         calls[key] = lambda model=model: model(x)
     return calls
 
@@ -129,7 +125,7 @@ def run(
         if path.exists():
             row["size_mb"] = size_mb(path)
             if not row["note"]:
-                row.update(scores(path, data_yaml, map_size, runtime=runtime_of(fmt)))
+                row.update(scores(path, data_yaml, map_size, runtime=fmt.name))
     for key, row in table.items():
         if "mAP50_95" in row and not key.startswith("pytorch"):
             row["drop"] = table[REFERENCE]["mAP50_95"] - row["mAP50_95"]

@@ -114,7 +114,8 @@ def artefact(exported, name: str, suffix: str) -> Path:
 
 
 def runtime_of(fmt) -> str | None:
-    """load_inference_model's runtime for ``fmt``'s artefacts: its name where it runs another format's."""
+    """load_inference_model's runtime for ``fmt``'s artefacts: its name where it runs another format's,
+    else None, so that the loader finds the format by the artefact's name as it does for a user."""
     return fmt.name if fmt.runs else None
 
 
@@ -127,6 +128,7 @@ def test_each_artefact_is_written_checked_and_runs_close_to_pytorch(exported, fm
     precision = written.precision
     assert str(path) in report["checks"], "convert.py checks every artefact it writes"
     runtime = load_inference_model(path, runtime=runtime_of(fmt))
+    assert load_inference_model(path, runtime=fmt.name).kind == fmt.name, "a format's own name as runtime="
     computes = "float32" if precision == "float16" else precision  # float16 weights, float32 arithmetic
     assert runtime.kind == fmt.name and runtime.precision == computes
     assert runtime.names == list(fused.names) and runtime.stride == 32 and runtime.fixed_input_hw == (64, 64)

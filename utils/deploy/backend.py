@@ -36,8 +36,8 @@ def load_inference_model(
     half: yolov5's --half: PyTorch weights in float16 on CUDA or bfloat16 on a CPU that computes it
     natively, an OpenVINO IR with bf16 inference precision; DeviceError where the device has no fast half
     precision, WeightsError for a format that runs as exported.
-    runtime: the name of a format that runs another's artefacts (val.py's --dnn: "opencv_dnn"), else the
-    format is the one ``weights`` is named as.
+    runtime: the name of the format to run ``weights`` with: one that runs another format's artefacts
+    (val.py's --dnn: "opencv_dnn"), or a format's own; None: the format ``weights`` is named as.
 
     Raises WeightsError (one sentence naming the file and the fix) for anything it cannot load.
     """
@@ -49,8 +49,9 @@ def load_inference_model(
             or f"weights {path} not found; pass an existing .pt checkpoint or an export of convert.py."
         )
     fmt = REGISTRY[runtime] if runtime else format_of(path)
-    if fmt is None or (runtime and not REGISTRY[fmt.runs].recognises(path)):
-        expected = REGISTRY[fmt.runs].shown_as if fmt else loadable()
+    named_as = REGISTRY[fmt.runs or fmt.name] if fmt else None  # whose artefacts it runs
+    if fmt is None or (runtime and not named_as.recognises(path)):
+        expected = named_as.shown_as if fmt else loadable()
         raise WeightsError(f"weights {path} are not one of {expected}; pass one of those.")
     if half and not fmt.half:
         halves = " and ".join(f"{other.title}s" for other in REGISTRY.values() if other.half)

@@ -57,9 +57,8 @@ def format_of(path: Path) -> Format | None:
 
 def artefact_path(base: Path, name: str, precision: str = "float32") -> Path:
     """The artefact of the format ``name`` in ``precision`` written from ``base`` (the fused checkpoint
-    without its suffix); for a runtime of another format's artefacts, that format's."""
-    fmt = REGISTRY[name]
-    artefacts = REGISTRY[fmt.runs].artefacts if fmt.runs else fmt.artefacts
+    without its suffix)."""
+    artefacts = REGISTRY[name].artefacts
     return next(artefact for artefact in artefacts if artefact.precision == precision).path(base)
 
 
