@@ -20,7 +20,8 @@ from torch import nn
 
 from utils.deploy.backend import load_inference_model
 from utils.deploy.export import export_copy, model_metadata
-from utils.deploy.formats.base import ExportInputs, Format, OnnxSettings, Written, quiet_native_output
+from utils.deploy.formats.base import ExportInputs, Format, OnnxSettings, Written
+from utils.deploy.formats.common import quiet_native_output
 from utils.deploy.int8.bounded import AccuracyTarget, BoundedResult, accuracy_target, bounded_int8
 from utils.deploy.staging import Release, staged_base
 from utils.errors import ConversionError

@@ -4,7 +4,6 @@ convert.py checks the written spec instead of running it, and loading it is refu
 
 from __future__ import annotations
 
-import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,20 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.deploy.formats.base import (
-    EDGE_REQUIREMENTS,
-    Artefact,
-    ExportInputs,
-    Format,
-    Written,
-    import_quietly,
-    traced,
-)
+from utils.deploy.formats.base import EDGE_REQUIREMENTS, Artefact, ExportInputs, Format, Written
+from utils.deploy.formats.common import import_quietly, traced
 from utils.deploy.metadata import INPUT_NAME, OUTPUT_NAME, decoded, encoded
 from utils.errors import ConversionError, WeightsError
 from utils.inference import ArrayInferenceModel, InferenceModel
 
-LOGGER = logging.getLogger(__name__)
 OFF_MACOS = "Core ML runs models only on macOS"
 
 
@@ -49,12 +40,9 @@ class CoreMLInferenceModel(ArrayInferenceModel):
                 "checkpoint here."
             )
         FORMAT.require(f"running {path}", WeightsError)
-        try:
+        with FORMAT.refusing(path):
             self.mlmodel = import_coremltools().models.MLModel(str(path))
             metadata = decoded(self.mlmodel.get_spec().description.metadata.userDefined.items())
-        except Exception as error:
-            LOGGER.debug("coremltools could not load %s: %s", path, error)
-            raise FORMAT.corrupt(path) from None
         metadata, shape = FORMAT.exported_metadata(path, metadata)
         super().__init__(path, metadata, device, shape)
 

@@ -4,7 +4,6 @@ lowered to the XNNPACK delegate, INT8 by PT2E of the trunk with the XNNPACK quan
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -12,22 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.deploy.formats.base import (
-    EDGE_REQUIREMENTS,
-    Artefact,
-    ExportInputs,
-    Format,
-    Written,
-    flatbuffer_identifier,
-    import_quietly,
-    write_with_metadata,
-)
+from utils.deploy.formats.base import EDGE_REQUIREMENTS, Artefact, ExportInputs, Format, Written
+from utils.deploy.formats.common import flatbuffer_identifier, import_quietly, write_with_metadata
 from utils.deploy.int8.pt2e import quantized_trunk
 from utils.deploy.metadata import read_zip_metadata
 from utils.errors import WeightsError
 from utils.inference import ArrayInferenceModel, InferenceModel
-
-LOGGER = logging.getLogger(__name__)
 
 
 class ExecuTorchInferenceModel(ArrayInferenceModel):
@@ -40,12 +29,9 @@ class ExecuTorchInferenceModel(ArrayInferenceModel):
             raise FORMAT.corrupt(path)  # file rather than raise: check first
         metadata, shape = FORMAT.exported_metadata(path, read_zip_metadata(path, "--executorch"))
         FORMAT.require(f"running {path}", WeightsError)
-        try:
+        with FORMAT.refusing(path):
             runtime = import_quietly("executorch.runtime", "torch.utils._pytree").Runtime.get()
             self.method = runtime.load_program(str(path)).load_method("forward")
-        except Exception as error:
-            LOGGER.debug("ExecuTorch could not load %s: %s", path, error)
-            raise FORMAT.corrupt(path) from None
         super().__init__(path, metadata, device, shape)
         self.int8 = metadata.get("precision") == "int8"
 

@@ -5,7 +5,6 @@ logging SDK); the metadata rides in the model's bizCode. Run by MNN's module API
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -15,8 +14,6 @@ import torch
 from utils.deploy.formats.base import EDGE_REQUIREMENTS, Artefact, ExportInputs, Format, Written
 from utils.errors import ConversionError, WeightsError
 from utils.inference import ArrayInferenceModel, InferenceModel
-
-LOGGER = logging.getLogger(__name__)
 
 
 class MnnInferenceModel(ArrayInferenceModel):
@@ -28,14 +25,11 @@ class MnnInferenceModel(ArrayInferenceModel):
         FORMAT.require(f"running {path}", WeightsError)
         import MNN
 
-        try:
+        with FORMAT.refusing(path):  # SystemError for a broken file, JSONDecodeError for a foreign one
             config = {"backend": "CPU", "precision": "high", "numThread": threads or 4}
             runtime = MNN.nn.create_runtime_manager((config,))
             self.module = MNN.nn.load_module_from_file(str(path), [], [], runtime_manager=runtime)
             metadata = json.loads(self.module.get_info()["bizCode"])
-        except Exception as error:  # SystemError for a broken file, JSONDecodeError for a foreign one
-            LOGGER.debug("MNN could not load %s: %s", path, error)
-            raise FORMAT.corrupt(path) from None
         metadata, shape = FORMAT.exported_metadata(path, metadata)
         super().__init__(path, metadata, device, shape)
         self.expr = MNN.expr

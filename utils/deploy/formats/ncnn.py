@@ -13,7 +13,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from utils.deploy.formats.base import EDGE_REQUIREMENTS, Artefact, ExportInputs, Format, Written, traced
+from utils.deploy.formats.base import EDGE_REQUIREMENTS, Artefact, ExportInputs, Format, Written
+from utils.deploy.formats.common import traced
 from utils.deploy.metadata import read_folder_metadata, write_folder_metadata
 from utils.errors import ConversionError, WeightsError
 from utils.inference import ArrayInferenceModel, InferenceModel

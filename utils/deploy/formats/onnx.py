@@ -45,11 +45,8 @@ class OnnxInferenceModel(ArrayInferenceModel):
         # (PyTorch in an interleaved benchmark, the data loader in val.py).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per physical core)
-        try:
+        with FORMAT.refusing(path):  # onnxruntime raises its own Fail/InvalidGraph types
             self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-            LOGGER.debug("onnxruntime could not load %s: %s", path, error)
-            raise FORMAT.corrupt(path) from None
         super().__init__(path, metadata, device, list(self.session.get_inputs()[0].shape))
         self.input_name = self.session.get_inputs()[0].name
         self.int8 = quantized
@@ -63,12 +60,9 @@ def read_graph(path: Path) -> tuple[dict[str, Any], bool]:
     sentence) for a file that is not an ONNX model."""
     import onnx
 
-    try:
+    with FORMAT.refusing(path):  # protobuf raises DecodeError, RuntimeError, ... for a broken file
         onnx_model = onnx.load(str(path), load_external_data=False)
         metadata = read_metadata(onnx_model)
-    except Exception as error:  # protobuf raises DecodeError, RuntimeError, ... for a broken file
-        LOGGER.debug("onnx.load(%s) failed: %s", path, error)
-        raise FORMAT.corrupt(path) from None
     quantized = any(node.op_type in QUANTIZED_ONNX_OPS for node in onnx_model.graph.node)
     return check_metadata(path, metadata, "--onnx"), quantized
 

@@ -4,7 +4,6 @@ writes nothing of its own; the metadata is the graph's (utils.deploy.formats.onn
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import cv2
@@ -16,11 +15,10 @@ from utils.deploy.formats.onnx import read_graph
 from utils.errors import WeightsError
 from utils.inference import ArrayInferenceModel, InferenceModel
 
-LOGGER = logging.getLogger(__name__)
-
 
 class OpenCVDnnInferenceModel(ArrayInferenceModel):
-    """An FP32 ONNX graph run by cv2.dnn on the CPU (``threads``: cv2's, for the whole process)."""
+    """An FP32 ONNX graph run by cv2.dnn with its defaults: its own backend, on the CPU (``threads``: cv2's,
+    for the whole process; setting the target explicitly only draws a warning from OpenCV 5's engine)."""
 
     kind = "opencv_dnn"
 
@@ -30,13 +28,8 @@ class OpenCVDnnInferenceModel(ArrayInferenceModel):
             raise WeightsError(
                 f"{path} is an INT8 graph, which --dnn does not run; pass the FP32 .onnx, or drop --dnn."
             )
-        try:
+        with FORMAT.refusing(path, (cv2.error,)):
             self.net = cv2.dnn.readNetFromONNX(str(path))
-        except cv2.error as error:
-            LOGGER.debug("cv2.dnn could not load %s: %s", path, error)
-            raise FORMAT.corrupt(path) from None
-        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         if threads:
             cv2.setNumThreads(threads)
         input_shape = [1, 3, *metadata["img_size"]] if not metadata.get("dynamic") else [None] * 4

@@ -35,13 +35,10 @@ class OpenVINOInferenceModel(ArrayInferenceModel):
         xml = openvino_xml(path)
         half_precision = half_dtype(torch.device("cpu")) if half else None  # OpenVINO runs on the CPU
         metadata = read_folder_metadata(xml.parent, xml.name, "--openvino")
-        try:
+        with FORMAT.refusing(xml):  # OpenVINO raises RuntimeError for unreadable IR
             core = ov.Core()
             network = core.read_model(str(xml))
             compiled = core.compile_model(network, "CPU", openvino_cpu_config(threads, half))
-        except Exception as error:  # OpenVINO raises RuntimeError for unreadable IR
-            LOGGER.debug("OpenVINO could not load %s: %s", xml, error)
-            raise FORMAT.corrupt(xml) from None
         self._attach(compiled, metadata, device, xml)
         self.half_precision = half_precision
         self.int8 = any(op.get_type_name() == "FakeQuantize" for op in network.get_ops())  # NNCF's INT8

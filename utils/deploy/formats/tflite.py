@@ -6,28 +6,19 @@ run by the LiteRT interpreter with its XNNPACK delegate."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from utils.deploy.formats.base import (
-    EDGE_REQUIREMENTS,
-    Artefact,
-    ExportInputs,
-    Format,
-    Written,
-    flatbuffer_identifier,
-    write_with_metadata,
-)
+from utils.deploy.formats.base import EDGE_REQUIREMENTS, Artefact, ExportInputs, Format, Written
+from utils.deploy.formats.common import flatbuffer_identifier, write_with_metadata
 from utils.deploy.int8.pt2e import quantized_trunk
 from utils.deploy.metadata import read_zip_metadata
 from utils.errors import WeightsError
 from utils.inference import ArrayInferenceModel, InferenceModel
 
-LOGGER = logging.getLogger(__name__)
 IDENTIFIER = b"TFL3"  # the flatbuffer's file identifier
 
 
@@ -43,12 +34,9 @@ class TFLiteInferenceModel(ArrayInferenceModel):
         FORMAT.require(f"running {path}", WeightsError)
         from ai_edge_litert.interpreter import Interpreter
 
-        try:
+        with FORMAT.refusing(path):  # ValueError / RuntimeError for a broken flatbuffer
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
             self.interpreter.allocate_tensors()
-        except Exception as error:  # ValueError / RuntimeError for a broken flatbuffer
-            LOGGER.debug("LiteRT could not load %s: %s", path, error)
-            raise FORMAT.corrupt(path) from None
         super().__init__(path, metadata, device, shape)
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         self.output_index = self.interpreter.get_output_details()[0]["index"]

@@ -4,7 +4,6 @@ metadata as the extra file config.txt (yolov5's); run by torch.jit."""
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -12,11 +11,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from utils.deploy.formats.base import Artefact, ExportInputs, Format, Written, traced
+from utils.deploy.formats.base import Artefact, ExportInputs, Format, Written
+from utils.deploy.formats.common import traced
 from utils.deploy.metadata import parse_json_metadata
 from utils.inference import ArrayInferenceModel, InferenceModel
 
-LOGGER = logging.getLogger(__name__)
 METADATA_FILE = "config.txt"
 
 
@@ -27,13 +26,10 @@ class TorchScriptInferenceModel(ArrayInferenceModel):
 
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         extra = {METADATA_FILE: ""}
-        try:
+        with FORMAT.refusing(path):  # a broken zip or pickle: RuntimeError, ...
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit.load is deprecated
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except Exception as error:  # a broken zip or pickle: RuntimeError, ...
-            LOGGER.debug("torch.jit.load(%s) failed: %s", path, error)
-            raise FORMAT.corrupt(path) from None
         text = extra[METADATA_FILE]
         metadata = parse_json_metadata(path, text, METADATA_FILE, "--torchscript") if text else None
         metadata, shape = FORMAT.exported_metadata(path, metadata)
